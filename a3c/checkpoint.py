@@ -1,0 +1,112 @@
+"""Checkpoints: atomic save (the previous one kept as .prev), validated load that never runs code from the file."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "a3c-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file, why, and what to do."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write payload to path so that a crash at any moment leaves a loadable checkpoint there.
+
+    Order: the new file is written beside it and fsynced; the old one is hard-linked to <path>.prev; then the new
+    file is renamed over path. path always names a complete file (old or new); a full disk fails before any rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            prev = path.with_name(path.name + ".prev")
+            prev_tmp = path.with_name(f".{path.name}.prev.{os.getpid()}.tmp")
+            prev_tmp.unlink(missing_ok=True)
+            os.link(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a checkpoint with torch.load(weights_only=True): tensors and plain data only."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: train once without --use-trained, or pass --checkpoint-dir")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Weights only" in str(error):
+            raise CheckpointError(
+                f"{path} holds more than tensors and plain data, so it is refused (it could run code); "
+                "use a checkpoint written by a3c"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({_first_line(error)}); restore {path}.prev or retrain"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is truncated or not a checkpoint ({_first_line(error)}); restore {path.name}.prev or retrain"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an a3c checkpoint; point --checkpoint-dir at one written by a3c")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')}, this a3c reads version {VERSION}"
+        )
+    missing = {"env_name", "model_spec", "model", "optimizer", "counters", "history"} - payload.keys()
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks {', '.join(sorted(missing))}; it is damaged: restore {path.name}.prev or retrain"
+        )
+    return payload
+
+
+def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[str, Any], path: str | Path) -> None:
+    """Raise CheckpointError if the checkpoint was trained on another game or with another network."""
+    if payload["env_name"] != env_name:
+        raise CheckpointError(
+            f"{path} was trained on {payload['env_name']}, not {env_name}: use --env-name {payload['env_name']} "
+            "or another --checkpoint-dir"
+        )
+    saved = payload["model_spec"]
+    differences = [f"{key} {saved.get(key)} vs {value}" for key, value in model_spec.items() if saved.get(key) != value]
+    if differences:
+        raise CheckpointError(
+            f"{path} holds another network ({'; '.join(differences)}, saved vs asked); "
+            "use the settings it was trained with or another --checkpoint-dir"
+        )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

@@ -1,0 +1,127 @@
+"""Command line: the classic A3C flag names -> Config -> train / plot. User errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from a3c.checkpoint import CheckpointError
+from a3c.config import ARCHS, OPTIMIZERS, ConfigError, build_config
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(EXIT_USAGE, f"a3c: error: {message} (see --help)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The flags; each one maps to the Config field named by its dest. Defaults live in Config, not here."""
+    p = _Parser(
+        prog="a3c",
+        description="Train an A3C agent (Mnih et al. 2016) on an Atari or gymnasium game.",
+        argument_default=argparse.SUPPRESS,  # only flags the user gave override the config file
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = p.add_argument_group("run")
+    run.add_argument(
+        "--env-name", dest="env_name", help="gymnasium id: PongNoFrameskip-v4, ALE/Breakout-v5, CartPole-v1, ..."
+    )
+    run.add_argument(
+        "--config", dest="config_file", help="TOML file of settings (default: configs/<game>.toml if present)"
+    )
+    run.add_argument(
+        "--n-workers", dest="n_workers", type=int, help="worker processes (default: the cores this process may use)"
+    )
+    run.add_argument(
+        "--envs-per-worker",
+        dest="envs_per_worker",
+        type=int,
+        help="games each worker steps in lockstep (1 = the paper)",
+    )
+    run.add_argument("--seed", type=int, help="base seed; worker r uses seed + r")
+    run.add_argument("--use-trained", dest="use_trained", action="store_true", help="resume from the game's checkpoint")
+    run.add_argument("--serial", action="store_true", help="run one worker inside this process (debugging)")
+    run.add_argument("--plot", dest="plot_only", action="store_true", help="redraw the plot from the CSV and exit")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    algo = p.add_argument_group("algorithm")
+    algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
+    algo.add_argument("--lr", type=float, help="learning rate")
+    algo.add_argument("--gamma", type=float, help="discount factor")
+    algo.add_argument(
+        "--gae-lambda", dest="gae_lambda", type=float, help="GAE lambda (1.0 = the paper's n-step advantage)"
+    )
+    algo.add_argument("--entropy-coef", dest="entropy_coef", type=float, help="entropy bonus weight")
+    algo.add_argument("--value-loss-coef", dest="value_loss_coef", type=float, help="value loss weight")
+    algo.add_argument("--max-grad-norm", dest="max_grad_norm", type=float, help="gradient norm clip")
+    algo.add_argument(
+        "--rs", "--rollout-len", dest="rollout_len", type=int, help="rollout length t_max (agent steps per update)"
+    )
+    algo.add_argument(
+        "--arch", choices=ARCHS, help="conv trunk for frames: 'paper' (Mnih et al.) or 'small' (4 x 3x3 conv)"
+    )
+    algo.add_argument("--hidden-size", dest="hidden_size", type=int, help="width of the fc layer and the LSTM")
+
+    env = p.add_argument_group("environment")
+    env.add_argument(
+        "--ep-length", dest="ep_length", type=int, help="cap on an episode's agent steps (0 = the game's own limit)"
+    )
+    env.add_argument("--frame-size", dest="frame_size", type=int, help="side of the square grayscale frame")
+    env.add_argument("--frame-stack", dest="frame_stack", type=int, help="frames stacked into one observation")
+    env.add_argument("--noop-max", dest="noop_max", type=int, help="most no-op actions at the start of a game")
+    env.add_argument(
+        "--terminal-on-life-loss",
+        dest="terminal_on_life_loss",
+        action=argparse.BooleanOptionalAction,
+        help="treat a lost life as a terminal for learning (the game goes on)",
+    )
+    env.add_argument(
+        "--clip-rewards",
+        dest="clip_rewards",
+        action=argparse.BooleanOptionalAction,
+        help="learn from the sign of the reward",
+    )
+
+    stop = p.add_argument_group("stopping and output")
+    stop.add_argument(
+        "--target-reward",
+        dest="target_reward",
+        type=float,
+        help="stop when the average of the last 100 games reaches it",
+    )
+    stop.add_argument(
+        "--max-frames", dest="max_frames", type=int, help="stop after this many emulator frames in all (0 = no limit)"
+    )
+    stop.add_argument(
+        "--max-seconds", dest="max_seconds", type=float, help="stop after this many seconds of this run (0 = no limit)"
+    )
+    stop.add_argument("--save-interval", dest="save_interval_s", type=float, help="seconds between checkpoints")
+    stop.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="where <game>.pt goes")
+    stop.add_argument("--plot-dir", dest="plot_dir", help="where <game>.csv and <game>.png go")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, build and validate the config, then train or plot. Returns the exit status."""
+    args = vars(make_parser().parse_args(argv))
+    verbose = args.pop("verbose", False)
+    plot_only = args.pop("plot_only", False)
+    config_file = args.pop("config_file", None)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(processName)s %(levelname)s %(message)s",
+    )
+    # Spawned workers inherit this: they start single-threaded instead of each grabbing every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        cfg = build_config(args, config_file)
+        from a3c import trainer  # imported late: torch and the ALE load only after the flags are good
+
+        return trainer.redraw_plot(cfg) if plot_only else trainer.train(cfg)
+    except (ConfigError, CheckpointError) as error:
+        print(f"a3c: error: {error}", file=sys.stderr)
+        return EXIT_USAGE

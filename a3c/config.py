@@ -1,0 +1,223 @@
+"""Run configuration: frozen dataclass, built once from defaults < config file < flags, then validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+# configs/ sits beside the a3c/ package (repository root; editable installs keep it there).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+OPTIMIZERS = ("adam", "rmsprop")
+ARCHS = ("paper", "small")
+
+
+class ConfigError(ValueError):
+    """A user's mistake in flags or a config file; the message says how to fix it."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a run. Units are in the names; frames = agent steps x frame skip."""
+
+    env_name: str = "PongNoFrameskip-v4"
+    n_workers: int = field(default_factory=available_cores)
+    envs_per_worker: int = 1
+    seed: int = 1
+
+    # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
+    opt: str = "adam"
+    lr: float = 1e-4
+    gamma: float = 0.99
+    gae_lambda: float = 1.0  # 1.0 = the paper's n-step advantage
+    entropy_coef: float = 0.01
+    value_loss_coef: float = 0.5
+    max_grad_norm: float = 40.0
+    rollout_len: int = 20
+    adam_eps: float = 1e-8
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.1  # the paper's shared RMSProp epsilon
+
+    # Environment. ep_length caps an episode's agent steps (0: only the game's own limit).
+    ep_length: int = 0
+    frame_skip: int = 4
+    frame_size: int = 84
+    frame_stack: int = 4
+    noop_max: int = 30
+    terminal_on_life_loss: bool = False
+    clip_rewards: bool = True
+
+    # Network: "paper" is Mnih et al.'s conv net; vector observations always get an MLP trunk.
+    arch: str = "paper"
+    hidden_size: int = 256
+
+    # When to stop (0 / None: no such limit) and where outputs go.
+    target_reward: float | None = None
+    max_frames: int = 0
+    max_seconds: float = 0.0
+    save_interval_s: float = 60.0
+    checkpoint_dir: str = "checkpoints"
+    plot_dir: str = "plots"
+    use_trained: bool = False
+    serial: bool = False  # run one worker in the parent process: for debugging and deterministic tests
+
+    @property
+    def run_name(self) -> str:
+        """File-name-safe form of the env id (`ALE/Pong-v5` -> `ALE_Pong-v5`)."""
+        return safe_name(self.env_name)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) / f"{self.run_name}.pt"
+
+    @property
+    def csv_path(self) -> Path:
+        return Path(self.plot_dir) / f"{self.run_name}.csv"
+
+    @property
+    def plot_path(self) -> Path:
+        return Path(self.plot_dir) / f"{self.run_name}.png"
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming every out-of-range value at once; return self when all is well."""
+        problems = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        need(bool(self.env_name.strip()), "env_name is empty: give an id such as PongNoFrameskip-v4")
+        need(1 <= self.n_workers <= 256, f"n_workers must be between 1 and 256, got {self.n_workers}")
+        need(1 <= self.envs_per_worker <= 64, f"envs_per_worker must be between 1 and 64, got {self.envs_per_worker}")
+        need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        need(self.opt in OPTIMIZERS, f"opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
+        need(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        for name in ("lr", "adam_eps", "rmsprop_eps", "max_grad_norm"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        need(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        need(0 <= self.rmsprop_alpha < 1, f"rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
+        for name in ("entropy_coef", "value_loss_coef"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value >= 0, f"{name} must be >= 0, got {value}")
+        need(
+            1 <= self.rollout_len <= 10_000,
+            f"rollout length (--rs) must be between 1 and 10000, got {self.rollout_len}",
+        )
+        need(self.ep_length >= 0, f"ep_length must be >= 0 (0 = no cap), got {self.ep_length}")
+        need(1 <= self.frame_skip <= 16, f"frame_skip must be between 1 and 16, got {self.frame_skip}")
+        need(16 <= self.frame_size <= 256, f"frame_size must be between 16 and 256, got {self.frame_size}")
+        need(1 <= self.frame_stack <= 16, f"frame_stack must be between 1 and 16, got {self.frame_stack}")
+        need(self.noop_max >= 0, f"noop_max must be >= 0, got {self.noop_max}")
+        need(1 <= self.hidden_size <= 4096, f"hidden_size must be between 1 and 4096, got {self.hidden_size}")
+        need(
+            self.target_reward is None or math.isfinite(self.target_reward),
+            f"target_reward must be a finite number, got {self.target_reward}",
+        )
+        need(self.max_frames >= 0, f"max_frames must be >= 0 (0 = no limit), got {self.max_frames}")
+        need(
+            math.isfinite(self.max_seconds) and self.max_seconds >= 0,
+            f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}",
+        )
+        need(self.save_interval_s > 0, f"save_interval must be > 0 seconds, got {self.save_interval_s}")
+        need(bool(self.checkpoint_dir), "checkpoint_dir is empty")
+        need(bool(self.plot_dir), "plot_dir is empty")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+def safe_name(env_name: str) -> str:
+    """Env id as a file name: anything but letters, digits, '-', '_' and '.' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", env_name.strip()) or "env"
+
+
+def game_name(env_name: str) -> str:
+    """The game behind an env id, lower case: PongNoFrameskip-v4, ALE/Pong-v5 -> pong."""
+    name = env_name.split("/")[-1]
+    name = re.sub(r"-v\d+$", "", name)
+    name = re.sub(r"(NoFrameskip|Deterministic)$", "", name)
+    return name.lower()
+
+
+def game_config_path(env_name: str) -> Path | None:
+    """configs/<game>.toml for this env id, if the project ships one."""
+    path = CONFIG_DIR / f"{game_name(env_name)}.toml"
+    return path if path.is_file() else None
+
+
+def _field_types() -> dict[str, object]:
+    return typing.get_type_hints(Config)
+
+
+def coerce(name: str, value: object, source: str) -> object:
+    """Check one setting's type (ints are accepted for floats); raise ConfigError naming source."""
+    types = _field_types()
+    if name not in types:
+        known = ", ".join(sorted(types))
+        raise ConfigError(f"{source}: unknown setting {name!r} (known settings: {known})")
+    hint = types[name]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        return float(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    wanted = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise ConfigError(f"{source}: {name} must be {wanted}, got {value!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, object]:
+    """Settings from a TOML file, type-checked; bad TOML names its line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return {key: coerce(key, value, str(path)) for key, value in raw.items()}
+
+
+def build_config(overrides: dict[str, object], config_file: str | Path | None = None) -> Config:
+    """Defaults < the config file (or configs/<game>.toml for the env) < overrides (the flags given)."""
+    env_name = overrides.get("env_name")
+    file_settings: dict[str, object] = {}
+    if config_file is not None:
+        file_settings = read_config_file(config_file)
+    else:
+        game_file = game_config_path(str(env_name or Config.env_name))
+        if game_file is not None:
+            file_settings = read_config_file(game_file)
+            file_settings.pop("env_name", None)  # the game's file must not swap the game the user chose
+    settings = {**file_settings, **{k: coerce(k, v, "flag") for k, v in overrides.items()}}
+    return Config(**settings).validate()

@@ -1,0 +1,162 @@
+"""make_env: the one wrapper stack, used by training, evaluation and the benchmarks alike."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import (
+    AtariPreprocessing,
+    FrameStackObservation,
+    RecordEpisodeStatistics,
+    TimeLimit,
+    TransformReward,
+)
+
+from a3c.config import Config, ConfigError
+
+_registered = False
+
+
+def register_ale() -> None:
+    """Make the ALE ids (PongNoFrameskip-v4, ALE/Pong-v5, ...) known to gymnasium; the ROMs ship in ale-py."""
+    global _registered
+    if not _registered:
+        import ale_py
+
+        gym.register_envs(ale_py)
+        _registered = True
+
+
+def is_atari(env_name: str) -> bool:
+    """True for ids whose entry point is the ALE."""
+    register_ale()
+    spec = gym.spec(env_name)
+    return "ale_py" in str(spec.entry_point)
+
+
+def check_env_id(env_name: str) -> None:
+    """Raise ConfigError for an unknown id, suggesting the close ones."""
+    register_ale()
+    if env_name in gym.envs.registry:
+        return
+    close = difflib.get_close_matches(env_name, list(gym.envs.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. PongNoFrameskip-v4, ALE/Breakout-v5, CartPole-v1"
+    raise ConfigError(f"unknown environment id {env_name!r}{hint}")
+
+
+class FireOnReset(gym.Wrapper):
+    """Press FIRE after reset and after each lost life, for games that wait for it (Breakout).
+
+    Without it an untrained agent can idle for a whole time limit before it learns that FIRE serves.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._lives = 0
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
+        self._lives = info.get("lives", 0)
+        return obs, info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = info.get("lives", 0)
+        if lives < self._lives and not (terminated or truncated):
+            obs, fire_reward, terminated, truncated, info = self.env.step(1)
+            reward += fire_reward
+        self._lives = info.get("lives", 0)
+        return obs, reward, terminated, truncated, info
+
+
+class LifeLoss(gym.Wrapper):
+    """Set info["life_lost"] when a life is lost, without ending the game.
+
+    Unlike AtariPreprocessing's terminal_on_life_loss, the game goes on, so a reset never cuts a game short and
+    every score the user sees is a whole game; the worker treats the flag as a terminal for learning only.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._lives = 0
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self._lives = info.get("lives", 0)
+        info["life_lost"] = False
+        return obs, info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = info.get("lives", 0)
+        info["life_lost"] = lives < self._lives
+        self._lives = lives
+        return obs, reward, terminated, truncated, info
+
+
+def _needs_fire(env: gym.Env) -> bool:
+    meanings = env.unwrapped.get_action_meanings()
+    return len(meanings) >= 3 and meanings[1] == "FIRE"
+
+
+def make_env(cfg: Config, seed: int, training: bool = True, render_mode: str | None = None) -> gym.Env:
+    """Build one environment (not yet reset: the caller resets it with its seed): Atari ids get the paper's preprocessing, others (CartPole) come as they are.
+
+    Atari observations are uint8 [frame_stack, frame_size, frame_size]. Rewards are clipped to their sign only
+    when training and cfg.clip_rewards; info["episode"]["r"] is always the real score of a whole game.
+    """
+    register_ale()
+    if is_atari(cfg.env_name):
+        # Frame skipping is AtariPreprocessing's job (max over the last two frames), so the base env must not skip.
+        # v5 ids keep their sticky actions: that is the v5 protocol.
+        env = gym.make(cfg.env_name, frameskip=1, render_mode=render_mode)
+        env = AtariPreprocessing(
+            env,
+            noop_max=cfg.noop_max,
+            frame_skip=cfg.frame_skip,
+            screen_size=cfg.frame_size,
+            terminal_on_life_loss=False,
+            grayscale_obs=True,
+            scale_obs=False,
+        )
+        if _needs_fire(env):
+            env = FireOnReset(env)
+        env = LifeLoss(env)
+    else:
+        env = gym.make(cfg.env_name, render_mode=render_mode)
+    if cfg.ep_length > 0:
+        env = TimeLimit(env, max_episode_steps=cfg.ep_length)
+    env = RecordEpisodeStatistics(env)
+    if training and cfg.clip_rewards:
+        env = TransformReward(env, lambda r: float(np.sign(r)))
+    if is_atari(cfg.env_name):
+        env = FrameStackObservation(env, cfg.frame_stack)
+    env.action_space.seed(seed)
+    return env
+
+
+def frames_per_step(cfg: Config) -> int:
+    """Emulator frames behind one agent step: the frame skip for Atari, 1 otherwise."""
+    return cfg.frame_skip if is_atari(cfg.env_name) else 1
+
+
+def env_spaces(cfg: Config) -> tuple[tuple[int, ...], int]:
+    """(observation shape, number of actions) of the configured game; raises ConfigError for unusable games."""
+    env = make_env(cfg, seed=cfg.seed, training=False)
+    try:
+        if not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ConfigError(
+                f"{cfg.env_name} has a {type(env.action_space).__name__} action space; A3C here needs discrete actions"
+            )
+        shape = tuple(env.observation_space.shape or ())
+        if len(shape) not in (1, 3):
+            raise ConfigError(f"{cfg.env_name} has observations of shape {shape}; expected a vector or stacked frames")
+        return shape, int(env.action_space.n)
+    finally:
+        env.close()

@@ -1,0 +1,76 @@
+"""Pure tensor maths of A3C: n-step returns / GAE and the actor-critic loss. No envs, no processes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Targets(NamedTuple):
+    """returns and advantages, float32 [T, B]."""
+
+    returns: Tensor
+    advantages: Tensor
+
+
+class LossTerms(NamedTuple):
+    """The loss and its parts (scalars). entropy is the mean policy entropy per step, for monitoring."""
+
+    total: Tensor
+    policy: Tensor
+    value: Tensor
+    entropy: Tensor
+
+
+def compute_targets(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminated: Tensor,
+    episode_ends: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> Targets:
+    """Generalised advantage estimation over a rollout; all inputs [T, B].
+
+    next_values[t] is V of the observation after step t (before any reset): the bootstrap at a truncation or at the
+    rollout's end. terminated[t] zeroes it (a true terminal); episode_ends[t] (terminated or truncated) stops the
+    recursion from reaching into the next episode. With gae_lambda = 1 the advantage is the paper's n-step one,
+    R_t - V(s_t) with R_t = r_t + gamma r_{t+1} + ... + gamma^k V(s_{t+k}).
+    """
+    not_terminal = 1.0 - terminated.float()
+    carry = gamma * gae_lambda * (1.0 - episode_ends.float())
+    deltas = rewards + gamma * next_values * not_terminal - values
+    advantages = torch.empty_like(deltas)
+    running = torch.zeros_like(deltas[0])
+    for t in range(deltas.shape[0] - 1, -1, -1):
+        running = deltas[t] + carry[t] * running
+        advantages[t] = running
+    return Targets(advantages + values, advantages)
+
+
+def a3c_loss(
+    logits: Tensor,
+    values: Tensor,
+    actions: Tensor,
+    targets: Targets,
+    entropy_coef: float,
+    value_loss_coef: float,
+) -> LossTerms:
+    """Actor-critic loss: policy - entropy_coef * entropy + value_loss_coef * value loss.
+
+    logits [T, B, A], values [T, B], actions int64 [T, B]. Like the paper's accumulated gradients, terms are summed
+    over the rollout's steps; they are averaged over the B environments so envs_per_worker does not scale the step.
+    """
+    log_probs = F.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    batch = logits.shape[1]
+    policy_loss = -(chosen * targets.advantages.detach()).sum() / batch
+    value_loss = 0.5 * (targets.returns.detach() - values).pow(2).sum() / batch
+    entropy_sum = entropy.sum() / batch
+    total = policy_loss - entropy_coef * entropy_sum + value_loss_coef * value_loss
+    return LossTerms(total, policy_loss.detach(), value_loss.detach(), entropy.mean().detach())

@@ -1,0 +1,130 @@
+"""Game results, the running average, the per-game CSV and the progress line. The only writer of metric files."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import deque
+from pathlib import Path
+from typing import NamedTuple
+
+COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
+WINDOW = 100
+
+
+class GameResult(NamedTuple):
+    """One finished game, as a worker reports it: real score (all lives, unclipped), length in agent steps,
+    frames = the global emulator-frame count when it ended."""
+
+    worker: int
+    score: float
+    length: int
+    frames: int
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def format_count(n: float) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return f"{n:.0f}"
+
+
+class Metrics:
+    """Every game of a run (continued across resumes), the average of the last 100 and the best such average."""
+
+    def __init__(self, csv_path: str | Path, history: dict[str, list] | None = None):
+        self.csv_path = Path(csv_path)
+        self.rows: list[dict[str, float]] = []
+        self.recent: deque[float] = deque(maxlen=WINDOW)
+        self.best_avg = -math.inf
+        for values in zip(*(history or {}).get("columns", [])):
+            row = dict(zip(COLUMNS, values))
+            self.recent.append(row["score"])
+            self._append(row)
+        self._file = None
+
+    @property
+    def games(self) -> int:
+        return len(self.rows)
+
+    @property
+    def avg100(self) -> float:
+        return sum(self.recent) / len(self.recent) if self.recent else math.nan
+
+    @property
+    def last_score(self) -> float:
+        return self.rows[-1]["score"] if self.rows else math.nan
+
+    def _append(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        self.best_avg = max(self.best_avg, row["avg100"])
+
+    def add(self, result: GameResult, time_s: float) -> dict[str, float]:
+        """Record a game, append it to the CSV (flushed), and return its row."""
+        self.recent.append(result.score)
+        row = {
+            "time_s": round(time_s, 3),
+            "frames": result.frames,
+            "worker": result.worker,
+            "score": result.score,
+            "length": result.length,
+            "avg100": round(self.avg100, 4),
+        }
+        self._append(row)
+        if self._file is not None:
+            csv.writer(self._file).writerow([row[c] for c in COLUMNS])
+            self._file.flush()
+        return row
+
+    def open_csv(self) -> None:
+        """Rewrite the CSV from the history (so it agrees with the checkpoint), then keep it open for appends."""
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            writer.writerows([row[c] for c in COLUMNS] for row in self.rows)
+        os.replace(tmp, self.csv_path)
+        self._file = open(self.csv_path, "a", newline="")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def state(self) -> dict[str, list]:
+        """Plain-data history for the checkpoint (loads under weights_only)."""
+        return {"names": list(COLUMNS), "columns": [[row[c] for row in self.rows] for c in COLUMNS]}
+
+    def progress_line(self, frames: int, frames_per_s: float, elapsed_s: float, max_frames: int = 0) -> str:
+        """One line: frames, frames/s, games, last score, average of 100, best, elapsed, and time left to max_frames."""
+        parts = [
+            f"frames {format_count(frames)}",
+            f"{frames_per_s:,.0f} f/s",
+            f"games {self.games}",
+            f"last {self.last_score:g}" if self.rows else "last -",
+            f"avg100 {self.avg100:.2f}" if self.rows else "avg100 -",
+            f"best {self.best_avg:.2f}" if self.rows else "best -",
+            format_duration(elapsed_s),
+        ]
+        if max_frames and frames_per_s > 0:
+            parts.append(f"left {format_duration(max(0, max_frames - frames) / frames_per_s)}")
+        return " | ".join(parts)
+
+
+def read_csv(path: str | Path) -> dict[str, list[float]]:
+    """The per-game CSV as columns of floats."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
+        for row in reader:
+            for name, value in row.items():
+                columns[name].append(float(value))
+    return columns

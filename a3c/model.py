@@ -1,0 +1,106 @@
+"""ActorCritic: a conv (or MLP) trunk, an LSTM cell, a softmax policy head and a value head."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each float32 [B, hidden]
+
+
+class PolicyOutput(NamedTuple):
+    """One step of the network: logits float32 [B, A], value float32 [B], the next LSTM state."""
+
+    logits: Tensor
+    value: Tensor
+    state: LSTMState
+
+
+def _conv_trunk(arch: str, channels: int) -> nn.Sequential:
+    if arch == "paper":
+        # Mnih et al. 2016 (after Mnih et al. 2015): 16 8x8 filters stride 4, 32 4x4 filters stride 2.
+        return nn.Sequential(
+            nn.Conv2d(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
+        )
+    # "small": four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent.
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Conv2d(channels if i == 0 else 32, 32, 3, stride=2, padding=1), nn.ELU()]
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+class ActorCritic(nn.Module):
+    """The A3C network. Image observations are uint8 [B, C, H, W] (scaled here); vectors are float32 [B, D]."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden_size: int = 256, arch: str = "paper"):
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.num_actions = num_actions
+        self.hidden_size = hidden_size
+        self.is_image = len(self.obs_shape) == 3
+        if self.is_image:
+            conv = _conv_trunk(arch, self.obs_shape[0])
+            with torch.no_grad():
+                flat = conv(torch.zeros(1, *self.obs_shape)).shape[1]
+            self.trunk = nn.Sequential(conv, nn.Linear(flat, hidden_size), nn.ReLU())
+        else:
+            (size,) = self.obs_shape
+            self.trunk = nn.Sequential(
+                nn.Linear(size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
+            )
+        self.lstm = nn.LSTMCell(hidden_size, hidden_size)
+        self.policy = nn.Linear(hidden_size, num_actions)
+        self.value = nn.Linear(hidden_size, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
+                nn.init.zeros_(module.bias)
+        # A near-uniform first policy explores evenly; a small value head starts near zero.
+        nn.init.orthogonal_(self.policy.weight, gain=0.01)
+        nn.init.orthogonal_(self.value.weight, gain=1.0)
+        nn.init.zeros_(self.lstm.bias_ih)
+        nn.init.zeros_(self.lstm.bias_hh)
+
+    def initial_state(self, batch_size: int = 1) -> LSTMState:
+        """Zero LSTM state, float32 [batch_size, hidden]."""
+        zeros = torch.zeros(batch_size, self.hidden_size)
+        return zeros, zeros.clone()
+
+    def features(self, obs: Tensor) -> Tensor:
+        """Trunk output float32 [N, hidden] for N observations."""
+        x = obs.float()
+        if self.is_image:
+            x = x * (1.0 / 255.0)
+        return self.trunk(x)
+
+    def _heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.policy(h), self.value(h).squeeze(-1)
+
+    def forward(self, obs: Tensor, state: LSTMState) -> PolicyOutput:
+        """One step for a batch: obs [B, *obs_shape] -> logits [B, A], value [B], next state."""
+        h, c = self.lstm(self.features(obs), state)
+        logits, value = self._heads(h)
+        return PolicyOutput(logits, value, (h, c))
+
+    def forward_rollout(self, obs: Tensor, state: LSTMState, resets: Tensor) -> tuple[Tensor, Tensor]:
+        """Recompute a rollout with gradients: obs [T, B, *obs_shape] -> logits [T, B, A], values [T, B].
+
+        The trunk runs once over all T*B frames; the LSTM steps from `state`, zeroing it where resets[t] is 1
+        (float32 [T, B]: an episode began at step t), so gradients flow through the whole rollout.
+        """
+        steps, batch = obs.shape[:2]
+        x = self.features(obs.reshape(steps * batch, *self.obs_shape)).view(steps, batch, -1)
+        keep = (1.0 - resets).unsqueeze(-1)
+        h, c = state
+        hs = []
+        for t in range(steps):
+            h, c = self.lstm(x[t], (h * keep[t], c * keep[t]))
+            hs.append(h)
+        logits, values = self._heads(torch.stack(hs))
+        return logits, values

@@ -1,0 +1,82 @@
+"""Optimizers whose statistics live in shared memory, and the hand-over of a worker's gradients to them.
+
+As in the paper, every worker updates one set of statistics (step count included) and the shared parameters,
+lock-free (Hogwild): two workers may interleave their updates, which the paper found harmless.
+The maths is torch's own: the state is created eagerly, moved to shared memory, and torch's step updates it in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def _share_state(optimizer: torch.optim.Optimizer) -> None:
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                value.share_memory_()
+
+
+class SharedAdam(torch.optim.Adam):
+    """torch.optim.Adam with step, exp_avg and exp_avg_sq in shared memory."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, foreach=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        self.share_memory()
+
+    def share_memory(self) -> SharedAdam:
+        """Move the statistics to shared memory (again after load_state_dict, which makes fresh tensors)."""
+        _share_state(self)
+        return self
+
+
+class SharedRMSprop(torch.optim.RMSprop):
+    """torch.optim.RMSprop (the paper's choice: alpha 0.99, eps 0.1) with step and square_avg in shared memory."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 7e-4, alpha: float = 0.99, eps: float = 0.1):
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, foreach=False)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32),
+                    "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        self.share_memory()
+
+    def share_memory(self) -> SharedRMSprop:
+        """Move the statistics to shared memory (again after load_state_dict, which makes fresh tensors)."""
+        _share_state(self)
+        return self
+
+
+def make_optimizer(
+    name: str, params: Iterable[nn.Parameter], lr: float, adam_eps: float, rmsprop_alpha: float, rmsprop_eps: float
+):
+    """The shared optimizer named by --opt."""
+    if name == "adam":
+        return SharedAdam(params, lr=lr, eps=adam_eps)
+    if name == "rmsprop":
+        return SharedRMSprop(params, lr=lr, alpha=rmsprop_alpha, eps=rmsprop_eps)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def hand_over_gradients(local_model: nn.Module, shared_model: nn.Module) -> None:
+    """Point each shared parameter's .grad at the local gradient, on every update.
+
+    .grad is not shared between processes: it is this process's own attribute of the shared tensor, so assigning
+    it is enough for this process's optimizer step to read it. The classic `ensure_shared_grads` returned early
+    when the shared .grad already existed; since PyTorch 2 zero_grad() sets .grad to None, and an early return
+    leaves the optimizer stepping with stale or missing gradients. Here the assignment is unconditional.
+    """
+    for shared, local in zip(shared_model.parameters(), local_model.parameters(), strict=True):
+        shared.grad = local.grad

@@ -1,0 +1,331 @@
+"""The parent process: shared model and optimizer, spawned workers, supervision, progress, checkpoints, stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from a3c.config import Config, ConfigError
+from a3c.envs import check_env_id, env_spaces
+from a3c.metrics import GameResult, Metrics, format_duration
+from a3c.model import ActorCritic
+from a3c.plotting import plot_training
+from a3c.shared_optim import make_optimizer
+from a3c.worker import SharedState, Worker, WorkerFailure, run_worker
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+MAX_WORKER_DEATHS = 5  # deaths of one rank within DEATH_WINDOW_S that end the run
+DEATH_WINDOW_S = 600.0
+
+
+def model_spec(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> dict[str, Any]:
+    """What a checkpoint's network must match to be loaded."""
+    return {"obs_shape": list(obs_shape), "num_actions": num_actions, "arch": cfg.arch, "hidden_size": cfg.hidden_size}
+
+
+def build_model(cfg: Config) -> tuple[ActorCritic, dict[str, Any]]:
+    """A fresh network for the configured game, and its spec."""
+    obs_shape, num_actions = env_spaces(cfg)
+    return ActorCritic(obs_shape, num_actions, cfg.hidden_size, cfg.arch), model_spec(cfg, obs_shape, num_actions)
+
+
+def plot_title(env_name: str, n_workers: int, opt: str) -> str:
+    return f"A3C on {env_name} ({n_workers} workers, {opt})"
+
+
+def check_writable(directory: str | Path) -> None:
+    """Fail before training if checkpoints or plots could not be written there."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to {directory} ({error.strerror or error}); choose another directory"
+        ) from None
+
+
+class Trainer:
+    """Owns the shared state and the workers for one run; `run()` returns the process exit status."""
+
+    def __init__(self, cfg: Config):
+        check_env_id(cfg.env_name)
+        cfg = cfg.replace(n_workers=1) if cfg.serial else cfg
+        self.cfg = cfg
+        check_writable(cfg.checkpoint_dir)
+        check_writable(cfg.plot_dir)
+        self.model, self.spec = build_model(cfg)
+        self.optimizer = make_optimizer(
+            cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
+        )
+        self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "elapsed_s": 0.0}
+        history = None
+        if cfg.use_trained:
+            history = self._resume()
+        self.model.share_memory()
+        self.ctx = mp.get_context("spawn")
+        self.shared = SharedState(
+            model=self.model,
+            optimizer=self.optimizer,
+            frames=self.ctx.Value("q", int(self.counters["frames"])),
+            updates=self.ctx.Value("q", int(self.counters["updates"])),
+            skipped_updates=self.ctx.Value("q", int(self.counters["skipped_updates"])),
+            stop=self.ctx.Event(),
+            results=self.ctx.Queue(),
+        )
+        self.metrics = Metrics(cfg.csv_path, history)
+        self.processes: dict[int, Any] = {}
+        self.deaths: dict[int, deque[float]] = {}
+        self.stop_reason: str | None = None
+        self.exit_status = EXIT_OK
+        self.start_time = time.monotonic()
+
+    def _resume(self) -> dict[str, list] | None:
+        cfg = self.cfg
+        payload = load_checkpoint(cfg.checkpoint_path)
+        check_compatible(payload, cfg.env_name, self.spec, cfg.checkpoint_path)
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{cfg.checkpoint_path} does not fit this network: {str(error).splitlines()[0]}"
+            ) from None
+        saved_opt = payload["optimizer"]
+        if saved_opt.get("name") == cfg.opt:
+            self.optimizer.load_state_dict(saved_opt["state"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr  # the flags of this run win over the saved ones
+            self.optimizer.share_memory()  # load_state_dict made fresh, private tensors
+        else:
+            log.warning("checkpoint used --opt %s; starting fresh %s statistics", saved_opt.get("name"), cfg.opt)
+        self.counters.update({k: payload["counters"].get(k, v) for k, v in self.counters.items()})
+        log.info(
+            "resumed %s: %s frames, %d games, %s trained",
+            cfg.checkpoint_path,
+            f"{int(self.counters['frames']):,}",
+            len(payload["history"]["columns"][0]),
+            format_duration(self.counters["elapsed_s"]),
+        )
+        return payload["history"]
+
+    # -- workers -------------------------------------------------------------------------------------------------
+    def _spawn(self, rank: int) -> None:
+        process = self.ctx.Process(
+            target=run_worker, args=(rank, self.cfg, self.shared), name=f"worker-{rank}", daemon=True
+        )
+        process.start()
+        self.processes[rank] = process
+
+    def _check_workers(self) -> None:
+        """Replace dead workers; end the run if one keeps dying."""
+        for rank, process in list(self.processes.items()):
+            if process.is_alive() or self.shared.stop.is_set():
+                continue
+            process.join()
+            now = time.monotonic()
+            deaths = self.deaths.setdefault(rank, deque())
+            deaths.append(now)
+            while deaths and now - deaths[0] > DEATH_WINDOW_S:
+                deaths.popleft()
+            log.error("worker-%d died (exit code %s)", rank, process.exitcode)
+            if len(deaths) >= MAX_WORKER_DEATHS:
+                self._request_stop(
+                    f"worker-{rank} died {len(deaths)} times in {DEATH_WINDOW_S / 60:.0f} minutes", EXIT_FAILED
+                )
+                return
+            self._spawn(rank)
+
+    def _stop_workers(self) -> None:
+        self.shared.stop.set()
+        deadline = time.monotonic() + 10.0
+        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
+            self._drain(timeout=0.1)  # a worker cannot exit while its queue feeder holds unread records
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._drain(timeout=0.0)
+
+    # -- results and progress ------------------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        return self.counters["elapsed_s"] + time.monotonic() - self.start_time
+
+    def _drain(self, timeout: float) -> None:
+        """Take every record waiting on the results queue (waiting up to timeout for the first)."""
+        block = timeout > 0
+        while True:
+            try:
+                record = self.shared.results.get(block, timeout) if block else self.shared.results.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if isinstance(record, GameResult):
+                self.metrics.add(record, self._elapsed())
+            elif isinstance(record, WorkerFailure):
+                log.error("worker-%d failed:\n%s", record.worker, record.traceback.rstrip())
+
+    def _request_stop(self, reason: str, status: int = EXIT_OK) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.exit_status = status
+
+    def _check_stop(self, session_s: float) -> None:
+        cfg, frames = self.cfg, self.shared.frames.value
+        if cfg.target_reward is not None and self.metrics.games >= 100 and self.metrics.avg100 >= cfg.target_reward:
+            self._request_stop(
+                f"reached the target: average of the last 100 games {self.metrics.avg100:.2f} >= {cfg.target_reward:g}"
+            )
+        elif cfg.max_frames and frames >= cfg.max_frames:
+            self._request_stop(f"reached --max-frames {cfg.max_frames:,}")
+        elif cfg.max_seconds and session_s >= cfg.max_seconds:
+            self._request_stop(f"reached --max-seconds {cfg.max_seconds:g}")
+
+    # -- saving --------------------------------------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        """Everything a resume needs, as tensors and plain data (loads with weights_only=True)."""
+        return {
+            "format": "a3c-checkpoint",
+            "version": 1,
+            "env_name": self.cfg.env_name,
+            "model_spec": self.spec,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": {"name": self.cfg.opt, "state": self.optimizer.state_dict()},
+            "counters": {
+                "frames": int(self.shared.frames.value),
+                "updates": int(self.shared.updates.value),
+                "skipped_updates": int(self.shared.skipped_updates.value),
+                "elapsed_s": self._elapsed(),
+                "games": self.metrics.games,
+            },
+            "history": self.metrics.state(),
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def save(self) -> None:
+        """Checkpoint and plot. A model with non-finite weights is never written over a good checkpoint."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            log.error(
+                "the shared model has non-finite weights; keeping the last checkpoint %s", self.cfg.checkpoint_path
+            )
+            self._request_stop("the model diverged (non-finite weights)", EXIT_FAILED)
+            return
+        try:
+            save_checkpoint(self.payload(), self.cfg.checkpoint_path)
+        except OSError as error:
+            log.error("could not save %s (%s); the previous checkpoint is untouched", self.cfg.checkpoint_path, error)
+            return
+        self.plot()
+
+    def plot(self) -> None:
+        cfg = self.cfg
+        try:
+            plot_training(cfg.csv_path, cfg.plot_path, plot_title(cfg.env_name, cfg.n_workers, cfg.opt))
+        except (OSError, ValueError) as error:
+            log.error("could not draw %s: %s", cfg.plot_path, error)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train until a stop condition; save, draw, join every worker; return the exit status."""
+        cfg = self.cfg
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
+        self.metrics.open_csv()
+        tty = sys.stdout.isatty()
+        session_start = time.monotonic()
+        last_save = last_print = session_start
+        rate_window: deque[tuple[float, int]] = deque([(session_start, self.shared.frames.value)])
+        serial_worker = None
+        try:
+            if cfg.serial:
+                serial_worker = Worker(0, cfg, self.shared)
+            else:
+                for rank in range(cfg.n_workers):
+                    self._spawn(rank)
+            print(
+                f"a3c: training {cfg.env_name} with {cfg.n_workers} worker(s) x {cfg.envs_per_worker} env(s), "
+                f"--opt {cfg.opt} --lr {cfg.lr:g}; checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
+                flush=True,
+            )
+            while self.stop_reason is None:
+                if serial_worker is not None:
+                    serial_worker.train_step()
+                    self._drain(timeout=0.0)
+                else:
+                    self._drain(timeout=0.25)
+                    self._check_workers()
+                now = time.monotonic()
+                self._check_stop(now - session_start)
+                if now - last_save >= cfg.save_interval_s:
+                    self.save()
+                    last_save = now
+                if now - last_print >= (1.0 if tty else 30.0):
+                    frames = self.shared.frames.value
+                    rate_window.append((now, frames))
+                    while len(rate_window) > 2 and now - rate_window[0][0] > 10.0:
+                        rate_window.popleft()
+                    (t0, f0) = rate_window[0]
+                    fps = (frames - f0) / (now - t0) if now > t0 else 0.0
+                    line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
+                    print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
+                    last_print = now
+        except KeyboardInterrupt:
+            self._request_stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+            if tty:
+                print()
+            # A second Ctrl-C during shutdown stops at once; the checkpoint on disk is the last complete one.
+            if serial_worker is not None:
+                serial_worker.close()
+            self._stop_workers()
+            self.save()
+            self.metrics.close()
+        print(
+            f"a3c: stopped: {self.stop_reason}. {self.metrics.games} games, "
+            f"{int(self.shared.frames.value):,} frames, average of last 100 {self.metrics.avg100:.2f}, "
+            f"best {self.metrics.best_avg:.2f}. Saved {cfg.checkpoint_path} and {cfg.plot_path}",
+            flush=True,
+        )
+        return self.exit_status
+
+
+def train(cfg: Config) -> int:
+    """Build a Trainer and run it; returns the exit status."""
+    return Trainer(cfg).run()
+
+
+def redraw_plot(cfg: Config) -> int:
+    """Redraw plots/<game>.png from the CSV without training."""
+    if not cfg.csv_path.exists():
+        raise ConfigError(f"no training data at {cfg.csv_path}: train first, or pass --plot-dir")
+    title = f"A3C on {cfg.env_name}"
+    if cfg.checkpoint_path.exists():
+        try:  # the title names the workers and optimizer the run really used
+            saved = load_checkpoint(cfg.checkpoint_path)["config"]
+            title = plot_title(cfg.env_name, saved["n_workers"], saved["opt"])
+        except (CheckpointError, KeyError):
+            pass
+    if not plot_training(cfg.csv_path, cfg.plot_path, title):
+        raise ConfigError(f"{cfg.csv_path} holds no finished games yet; nothing to plot")
+    print(f"a3c: drew {cfg.plot_path}")
+    return EXIT_OK

@@ -1,0 +1,222 @@
+"""One A3C worker: sync weights, run a rollout, compute the loss, hand gradients to the shared model, repeat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from a3c.config import Config
+from a3c.envs import frames_per_step, make_env
+from a3c.losses import LossTerms, a3c_loss, compute_targets
+from a3c.metrics import GameResult
+from a3c.model import ActorCritic, LSTMState
+from a3c.shared_optim import hand_over_gradients
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SharedState:
+    """Everything the trainer shares with its workers; all of it pickles under the spawn start method.
+
+    frames, updates and skipped_updates are multiprocessing Values (int64) added to once per rollout; stop is an
+    Event every loop checks; results carries GameResult and WorkerFailure records to the trainer, the only writer
+    of files. The model's parameters and the optimizer's statistics are in shared memory and are updated by the
+    workers without a lock (Hogwild), as in the paper.
+    """
+
+    model: ActorCritic
+    optimizer: torch.optim.Optimizer
+    frames: Any
+    updates: Any
+    skipped_updates: Any
+    stop: Any
+    results: Any
+
+
+class WorkerFailure(NamedTuple):
+    """A worker's last words: its rank and the traceback of the exception that ended it."""
+
+    worker: int
+    traceback: str
+
+
+class Rollout(NamedTuple):
+    """rollout_len steps of B envs. obs [T+1, B, *obs_shape] (the last one is the bootstrap observation);
+    actions int64 [T, B]; rewards float32 [T, B] (clipped when training); terminated / episode_ends bool [T, B];
+    truncation_values float32 [T, B] = V(final observation) where an episode was truncated; resets float32 [T+1, B]
+    (1 where an episode began at that step); state: the LSTM state before step 0."""
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    terminated: Tensor
+    episode_ends: Tensor
+    truncated: Tensor
+    truncation_values: Tensor
+    resets: Tensor
+    state: LSTMState
+
+
+class Worker:
+    """The A3C loop for one rank, over cfg.envs_per_worker games stepped in lockstep (1 = the paper's)."""
+
+    def __init__(self, rank: int, cfg: Config, shared: SharedState):
+        self.rank = rank
+        self.cfg = cfg
+        self.shared = shared
+        self.shared_params = list(shared.model.parameters())
+        # Gradients are handed to shared_model.parameters(); the optimizer must step those very tensors.
+        assert all(p is q for p, q in zip(self.shared_params, shared.optimizer.param_groups[0]["params"], strict=True))
+        torch.manual_seed(cfg.seed + rank)
+        num = cfg.envs_per_worker
+        self.envs = [make_env(cfg, seed=cfg.seed + rank * num + k) for k in range(num)]
+        self.frame_skip = frames_per_step(cfg)
+        model = shared.model
+        self.model = ActorCritic(model.obs_shape, model.num_actions, cfg.hidden_size, cfg.arch)
+        self.params = list(self.model.parameters())
+        dtype = torch.uint8 if self.model.is_image else torch.float32
+        self.obs = torch.empty((cfg.rollout_len + 1, num, *model.obs_shape), dtype=dtype)
+        for k, env in enumerate(self.envs):
+            first, _ = env.reset(seed=cfg.seed + rank * num + k)
+            self.obs[-1, k] = torch.from_numpy(np.asarray(first))
+        self.state = self.model.initial_state(num)
+        self.parent_pid = os.getppid()
+
+    def sync(self) -> None:
+        """Copy the shared weights into the local model (the paper's 'synchronize thread-specific parameters')."""
+        with torch.no_grad():
+            for local, shared in zip(self.params, self.shared_params, strict=True):
+                local.copy_(shared)
+
+    def collect(self) -> Rollout:
+        """Run rollout_len steps in every env under inference mode, sampling actions from the policy."""
+        cfg, num, steps = self.cfg, len(self.envs), self.cfg.rollout_len
+        obs = self.obs
+        obs[0] = obs[-1]  # the last rollout's bootstrap observation is this one's first
+        state = (self.state[0].clone(), self.state[1].clone())
+        actions = torch.zeros(steps, num, dtype=torch.int64)
+        rewards = torch.zeros(steps, num)
+        terminated = torch.zeros(steps, num, dtype=torch.bool)
+        truncated = torch.zeros(steps, num, dtype=torch.bool)
+        truncation_values = torch.zeros(steps, num)
+        resets = torch.zeros(steps + 1, num)  # resets[0] stays 0: the carried-over state was zeroed when it ended
+        with torch.inference_mode():
+            h, c = self.state
+            for t in range(steps):
+                logits, _, (h, c) = self.model(obs[t], (h, c))
+                action = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
+                actions[t] = action
+                for k, env in enumerate(self.envs):
+                    next_obs, reward, term, trunc, info = env.step(int(action[k]))
+                    rewards[t, k] = reward
+                    life_lost = cfg.terminal_on_life_loss and info.get("life_lost", False)
+                    terminated[t, k] = term or life_lost
+                    if term or trunc:
+                        if trunc and not term:
+                            # A time limit is not a terminal: bootstrap from the final observation (Pardo et al. 2018).
+                            final = torch.from_numpy(np.asarray(next_obs)).unsqueeze(0)
+                            truncation_values[t, k] = self.model(final, (h[k : k + 1], c[k : k + 1])).value[0]
+                            truncated[t, k] = True
+                        self._report_game(k, info, frames_done=(t + 1) * num * self.frame_skip)
+                        next_obs, _ = env.reset()
+                        h[k] = 0.0
+                        c[k] = 0.0
+                        resets[t + 1, k] = 1.0
+                    obs[t + 1, k] = torch.from_numpy(np.asarray(next_obs))
+            self.state = (h, c)
+        episode_ends = terminated | truncated
+        return Rollout(obs, actions, rewards, terminated, episode_ends, truncated, truncation_values, resets, state)
+
+    def _report_game(self, k: int, info: dict, frames_done: int) -> None:
+        episode = info.get("episode")
+        if episode is None:
+            return
+        frames = self.shared.frames.value + frames_done
+        self.shared.results.put(GameResult(self.rank, float(episode["r"]), int(episode["l"]), int(frames)))
+
+    def update(self, rollout: Rollout) -> LossTerms | None:
+        """Recompute the rollout with gradients, clip, and step the shared optimizer. None if the update was skipped."""
+        cfg = self.cfg
+        logits, values = self.model.forward_rollout(rollout.obs, rollout.state, rollout.resets)
+        next_values = torch.where(rollout.truncated, rollout.truncation_values, values[1:].detach())
+        targets = compute_targets(
+            rollout.rewards,
+            values[:-1].detach(),
+            next_values,
+            rollout.terminated,
+            rollout.episode_ends,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+        loss = a3c_loss(logits[:-1], values[:-1], rollout.actions, targets, cfg.entropy_coef, cfg.value_loss_coef)
+        for p in self.params:
+            p.grad = None
+        loss.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        if not (torch.isfinite(loss.total) and torch.isfinite(grad_norm)):
+            # A non-finite update would poison the shared model for every worker: drop it and count it.
+            with self.shared.skipped_updates.get_lock():
+                self.shared.skipped_updates.value += 1
+            return None
+        hand_over_gradients(self.model, self.shared.model)
+        self.shared.optimizer.step()
+        for p in self.shared_params:
+            p.grad = None
+        return loss
+
+    def train_step(self) -> LossTerms | None:
+        """One A3C iteration: sync, collect, update, and count the frames and the update."""
+        self.sync()
+        rollout = self.collect()
+        loss = self.update(rollout)
+        with self.shared.frames.get_lock():
+            self.shared.frames.value += self.cfg.rollout_len * len(self.envs) * self.frame_skip
+        if loss is not None:
+            with self.shared.updates.get_lock():
+                self.shared.updates.value += 1
+        return loss
+
+    def parent_alive(self) -> bool:
+        """False once the trainer has died (we were re-parented), so an orphan stops instead of running on."""
+        return os.getppid() == self.parent_pid
+
+    def run(self) -> None:
+        """Train until the stop event is set or the parent dies."""
+        while not self.shared.stop.is_set() and self.parent_alive():
+            self.train_step()
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
+    """Entry point of a spawned worker process."""
+    torch.set_num_threads(1)  # one intra-op thread per worker: workers already use every core
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    worker = None
+    try:
+        worker = Worker(rank, cfg, shared)
+        worker.run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches the whole process group; the trainer decides what happens
+    except BaseException:
+        shared.results.put(WorkerFailure(rank, traceback.format_exc()))
+        raise SystemExit(1) from None
+    finally:
+        if worker is not None:
+            worker.close()
+        # Let the queue's feeder thread flush what we put, so the trainer sees our last games.
+        time.sleep(0.05)
