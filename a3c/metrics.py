@@ -44,8 +44,8 @@ class Metrics:
         self.rows: list[dict[str, float]] = []
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.best_avg = -math.inf
-        for values in zip(*(history or {}).get("columns", [])):
-            row = dict(zip(COLUMNS, values))
+        for values in zip(*(history or {}).get("columns", []), strict=True):
+            row = dict(zip(COLUMNS, values, strict=True))
             self.recent.append(row["score"])
             self._append(row)
         self._file = None
