@@ -19,21 +19,32 @@ class PolicyOutput(NamedTuple):
     state: LSTMState
 
 
+class PixelConv2d(nn.Conv2d):
+    """First convolution, fed raw 0-255 pixels: it scales its weights by 1/255 instead of scaling the input.
+
+    Same result as conv(x / 255), without a pass over the frames (a measurable share of the update on a CPU).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight * (1.0 / 255.0), self.bias)
+
+
 def _conv_trunk(arch: str, channels: int) -> nn.Sequential:
     if arch == "paper":
         # Mnih et al. 2016 (after Mnih et al. 2015): 16 8x8 filters stride 4, 32 4x4 filters stride 2.
         return nn.Sequential(
-            nn.Conv2d(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
+            PixelConv2d(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
         )
     # "small": four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent.
-    layers: list[nn.Module] = []
-    for i in range(4):
-        layers += [nn.Conv2d(channels if i == 0 else 32, 32, 3, stride=2, padding=1), nn.ELU()]
+    layers: list[nn.Module] = [PixelConv2d(channels, 32, 3, stride=2, padding=1), nn.ELU()]
+    for _ in range(3):
+        layers += [nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU()]
     return nn.Sequential(*layers, nn.Flatten())
 
 
 class ActorCritic(nn.Module):
-    """The A3C network. Image observations are uint8 [B, C, H, W] (scaled here); vectors are float32 [B, D]."""
+    """The A3C network. Image observations are uint8 [B, C, H, W] (0-255, scaled by the first conv); vectors are
+    float32 [B, D]."""
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden_size: int = 256, arch: str = "paper"):
         super().__init__()
@@ -51,7 +62,9 @@ class ActorCritic(nn.Module):
             self.trunk = nn.Sequential(
                 nn.Linear(size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
             )
-        self.lstm = nn.LSTMCell(hidden_size, hidden_size)
+        # One nn.LSTM serves both paths: its sequence kernel back-propagates a whole rollout about 3x faster on a CPU
+        # than a loop of LSTMCell steps, and torch.lstm_cell with the same weights takes single steps.
+        self.lstm = nn.LSTM(hidden_size, hidden_size)
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
         self._init_weights()
@@ -64,8 +77,10 @@ class ActorCritic(nn.Module):
         # A near-uniform first policy explores evenly; a small value head starts near zero.
         nn.init.orthogonal_(self.policy.weight, gain=0.01)
         nn.init.orthogonal_(self.value.weight, gain=1.0)
-        nn.init.zeros_(self.lstm.bias_ih)
-        nn.init.zeros_(self.lstm.bias_hh)
+        nn.init.zeros_(self.lstm.bias_ih_l0)
+        nn.init.zeros_(self.lstm.bias_hh_l0)
+        # channels_last convolutions run about 1.5x faster on CPU (oneDNN), forward and backward.
+        self.to(memory_format=torch.channels_last)
 
     def initial_state(self, batch_size: int = 1) -> LSTMState:
         """Zero LSTM state, float32 [batch_size, hidden]."""
@@ -74,17 +89,20 @@ class ActorCritic(nn.Module):
 
     def features(self, obs: Tensor) -> Tensor:
         """Trunk output float32 [N, hidden] for N observations."""
-        x = obs.float()
-        if self.is_image:
-            x = x * (1.0 / 255.0)
-        return self.trunk(x)
+        if self.is_image:  # uint8 -> channels_last first: the cheap copy is the 1-byte one
+            return self.trunk(obs.contiguous(memory_format=torch.channels_last).float())
+        return self.trunk(obs.float())
+
+    def _lstm_step(self, x: Tensor, state: LSTMState) -> LSTMState:
+        lstm = self.lstm
+        return torch.lstm_cell(x, state, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
 
     def _heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.policy(h), self.value(h).squeeze(-1)
 
     def forward(self, obs: Tensor, state: LSTMState) -> PolicyOutput:
         """One step for a batch: obs [B, *obs_shape] -> logits [B, A], value [B], next state."""
-        h, c = self.lstm(self.features(obs), state)
+        h, c = self._lstm_step(self.features(obs), state)
         logits, value = self._heads(h)
         return PolicyOutput(logits, value, (h, c))
 
@@ -96,11 +114,19 @@ class ActorCritic(nn.Module):
         """
         steps, batch = obs.shape[:2]
         x = self.features(obs.reshape(steps * batch, *self.obs_shape)).view(steps, batch, -1)
-        keep = (1.0 - resets).unsqueeze(-1)
-        h, c = state
-        hs = []
-        for t in range(steps):
-            h, c = self.lstm(x[t], (h * keep[t], c * keep[t]))
-            hs.append(h)
-        logits, values = self._heads(torch.stack(hs))
+        h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)
+        # Episodes begin rarely (one rollout in tens), so the rollout runs as a few segments through the sequence
+        # kernel, the state zeroed at each segment's start where an episode began; same maths as stepping.
+        starts = [0] + [t for t in range(1, steps) if bool(resets[t].any())] + [steps]
+        if bool(resets[0].any()):
+            keep = (1.0 - resets[0]).view(1, batch, 1)
+            h, c = h * keep, c * keep
+        outputs = []
+        for begin, end in zip(starts[:-1], starts[1:], strict=True):
+            if begin > 0:
+                keep = (1.0 - resets[begin]).view(1, batch, 1)
+                h, c = h * keep, c * keep
+            out, (h, c) = self.lstm(x[begin:end], (h, c))
+            outputs.append(out)
+        logits, values = self._heads(torch.cat(outputs))
         return logits, values

@@ -23,7 +23,7 @@ from a3c.metrics import GameResult, Metrics, format_duration
 from a3c.model import ActorCritic
 from a3c.plotting import plot_training
 from a3c.shared_optim import make_optimizer
-from a3c.worker import SharedState, Worker, WorkerFailure, run_worker
+from a3c.worker import SharedState, Worker, WorkerFailure, WorkerStats, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Trainer:
         )
         self.metrics = Metrics(cfg.csv_path, history)
         self.processes: dict[int, Any] = {}
+        self.worker_stats: dict[int, WorkerStats] = {}
         self.deaths: dict[int, deque[float]] = {}
         self.stop_reason: str | None = None
         self.exit_status = EXIT_OK
@@ -182,6 +183,8 @@ class Trainer:
             block = False
             if isinstance(record, GameResult):
                 self.metrics.add(record, self._elapsed())
+            elif isinstance(record, WorkerStats):
+                self.worker_stats[record.worker] = record
             elif isinstance(record, WorkerFailure):
                 log.error("worker-%d failed:\n%s", record.worker, record.traceback.rstrip())
 

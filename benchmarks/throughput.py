@@ -1,0 +1,189 @@
+"""Training throughput against the bare emulator, in one run.
+
+    python benchmarks/throughput.py --env-name PongNoFrameskip-v4 --n-workers 2 --seconds 60
+
+1. Ceiling: n processes step the game through make_env (the exact wrapper stack training uses) with random actions.
+2. Training: the real Trainer (the code path of main.py) with n workers, measured for the same seconds after a
+   warm-up, start-up excluded. Outputs go to a temporary folder, never the repository's checkpoints/ or plots/.
+3. Where a worker's time goes (from the workers' own timers), and the memory (unique set size) of the parent and
+   each worker with 2 and 8 workers (--memory-workers).
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from a3c.config import build_config  # noqa: E402
+from a3c.envs import frames_per_step, make_env  # noqa: E402
+from a3c.trainer import Trainer  # noqa: E402
+
+
+def _step_randomly(cfg, seed: int, seconds: float, results) -> None:
+    env = make_env(cfg, seed=seed)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    n_actions = env.action_space.n
+    skip = frames_per_step(cfg)
+    warm_end = time.perf_counter() + 2.0
+    while time.perf_counter() < warm_end:
+        _, _, term, trunc, _ = env.step(int(rng.integers(n_actions)))
+        if term or trunc:
+            env.reset()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        _, _, term, trunc, _ = env.step(int(rng.integers(n_actions)))
+        steps += 1
+        if term or trunc:
+            env.reset()
+    results.put(steps * skip / (time.perf_counter() - start))
+
+
+def measure_ceiling(cfg, n: int, seconds: float) -> float:
+    """Emulator frames/s of n processes stepping make_env's stack with random actions."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_step_randomly, args=(cfg, cfg.seed + i, seconds, results)) for i in range(n)]
+    for p in procs:
+        p.start()
+    rates = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+def uss_mib(pid: int) -> float:
+    """Unique set size (private pages) of a process, MiB, from /proc."""
+    total_kb = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def measure_training(cfg, seconds: float, warmup: float) -> dict:
+    """Run the real trainer; frames/s and updates/s over `seconds` after the first frames plus `warmup`."""
+    trainer = Trainer(cfg.replace(max_seconds=0.0))
+    marks: dict[str, tuple[float, int, int]] = {}
+    memory: dict[str, float] = {}
+
+    def monitor() -> None:
+        shared = trainer.shared
+        while shared.frames.value == trainer.counters["frames"] and not shared.stop.is_set():
+            time.sleep(0.05)  # start-up: spawning, imports, env creation
+        time.sleep(warmup)
+        marks["start"] = (time.monotonic(), shared.frames.value, shared.updates.value)
+        time.sleep(seconds)
+        marks["end"] = (time.monotonic(), shared.frames.value, shared.updates.value)
+        import os
+
+        memory["parent"] = uss_mib(os.getpid())
+        for rank, process in trainer.processes.items():
+            try:
+                memory[f"worker-{rank}"] = uss_mib(process.pid)
+            except OSError:
+                pass
+        trainer._request_stop("benchmark finished")
+
+    thread = threading.Thread(target=monitor, daemon=True)
+    thread.start()
+    trainer.run()
+    thread.join()
+    (t0, f0, u0), (t1, f1, u1) = marks["start"], marks["end"]
+    stats = trainer.worker_stats.values()
+    total = {k: sum(s.seconds[k] for s in stats) for k in ("env", "inference", "learn", "sync", "waiting")}
+    steps = sum(s.agent_steps for s in stats) or 1
+    return {
+        "frames_per_s": (f1 - f0) / (t1 - t0),
+        "updates_per_s": (u1 - u0) / (t1 - t0),
+        "time_share": {k: v / (sum(total.values()) or 1) for k, v in total.items()},
+        "us_per_agent_step": {k: v / steps * 1e6 for k, v in total.items()},
+        "memory_mib": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env-name", default="PongNoFrameskip-v4")
+    parser.add_argument("--n-workers", type=int, default=2)
+    parser.add_argument("--envs-per-worker", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of training before measuring")
+    parser.add_argument("--runs", type=int, default=1, help="repeat ceiling + training; the JSON reports medians")
+    parser.add_argument("--memory-workers", default="2,8", help="worker counts for the memory table ('' to skip)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="a3c-bench-") as out:
+        cfg = build_config(
+            {
+                "env_name": args.env_name,
+                "n_workers": args.n_workers,
+                "envs_per_worker": args.envs_per_worker,
+                "checkpoint_dir": f"{out}/checkpoints",
+                "plot_dir": f"{out}/plots",
+                "save_interval_s": 1e9,
+            }
+        )
+        runs = []
+        for run in range(args.runs):
+            ceiling = measure_ceiling(cfg, args.n_workers, args.seconds)
+            training = measure_training(cfg, args.seconds, args.warmup)
+            runs.append((ceiling, training))
+            print(
+                f"run {run + 1}: ceiling {ceiling:,.0f} frames/s, training {training['frames_per_s']:,.0f} frames/s, "
+                f"ratio {training['frames_per_s'] / ceiling:.3f}, {training['updates_per_s']:.1f} updates/s",
+                flush=True,
+            )
+        ratios = [t["frames_per_s"] / c for c, t in runs]
+        median = sorted(range(len(runs)), key=lambda i: ratios[i])[len(runs) // 2]
+        ceiling, training = runs[median]
+
+        memory = {}
+        for n in [int(x) for x in args.memory_workers.split(",") if x.strip()]:
+            mem_cfg = cfg.replace(n_workers=n)
+            memory[n] = measure_training(mem_cfg, seconds=5.0, warmup=5.0)["memory_mib"]
+
+    print()
+    print(f"{args.env_name}, {args.n_workers} workers x {args.envs_per_worker} env(s), {args.seconds:g} s each")
+    print(f"{'':28}{'frames/s':>12}")
+    print(f"{'ceiling (random actions)':28}{ceiling:>12,.0f}")
+    print(f"{'training':28}{training['frames_per_s']:>12,.0f}")
+    print(f"{'ratio (median of runs)':28}{statistics.median(ratios):>12.3f}")
+    print(f"{'updates/s':28}{training['updates_per_s']:>12.1f}")
+    print("\nwhere a worker's time goes")
+    for key, share in training["time_share"].items():
+        print(f"  {key:12}{share:>8.1%}{training['us_per_agent_step'][key]:>10.0f} us/agent step")
+    for n, mem in memory.items():
+        print(f"\nmemory with {n} workers (USS, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+    summary = {
+        "env_name": args.env_name,
+        "n_workers": args.n_workers,
+        "envs_per_worker": args.envs_per_worker,
+        "seconds": args.seconds,
+        "ceiling_frames_per_s": round(ceiling, 1),
+        "train_frames_per_s": round(training["frames_per_s"], 1),
+        "ratio": round(statistics.median(ratios), 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "updates_per_s": round(training["updates_per_s"], 2),
+        "time_share": {k: round(v, 4) for k, v in training["time_share"].items()},
+        "us_per_agent_step": {k: round(v, 1) for k, v in training["us_per_agent_step"].items()},
+        "memory_mib": {str(n): {k: round(v, 1) for k, v in mem.items()} for n, mem in memory.items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

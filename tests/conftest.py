@@ -1,0 +1,25 @@
+"""Shared fixtures: small configs whose outputs go under tmp_path, never the real checkpoints/ or plots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from a3c.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> Config:
+    """A valid Config for CartPole-v1 with checkpoint_dir and plot_dir under tmp_path."""
+    return Config(
+        env_name="CartPole-v1",
+        n_workers=1,
+        rollout_len=5,
+        hidden_size=32,
+        save_interval_s=1000.0,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        plot_dir=str(tmp_path / "plots"),
+    ).validate()

@@ -1,0 +1,131 @@
+"""ActorCritic: the paper's layer sizes, the output shapes, and forward_rollout == step-by-step forward()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from a3c.model import ActorCritic
+
+ATARI_SHAPE = (4, 84, 84)
+
+
+def random_frames(*batch: int) -> torch.Tensor:
+    """uint8 frames [*batch, 4, 84, 84]."""
+    return torch.randint(0, 256, (*batch, *ATARI_SHAPE), dtype=torch.uint8)
+
+
+def layers(module: nn.Module, kind: type) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, kind)]
+
+
+def test_paper_architecture_layers():
+    """The 'paper' net is conv 16x8x8 s4, conv 32x4x4 s2, fc 256, one LSTM layer of 256 (Mnih et al. 2016)."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=256, arch="paper")
+    conv1, conv2 = layers(model.trunk, nn.Conv2d)
+    assert (conv1.in_channels, conv1.out_channels, conv1.kernel_size, conv1.stride) == (4, 16, (8, 8), (4, 4))
+    assert (conv2.in_channels, conv2.out_channels, conv2.kernel_size, conv2.stride) == (16, 32, (4, 4), (2, 2))
+    (fc,) = layers(model.trunk, nn.Linear)
+    # 84 -> (84 - 8) / 4 + 1 = 20 -> (20 - 4) / 2 + 1 = 9: 32 * 9 * 9 = 2592 inputs to the fc layer
+    assert (fc.in_features, fc.out_features) == (32 * 9 * 9, 256)
+    # An LSTMCell, or a one-layer nn.LSTM stepped cell by cell: the same 256-unit recurrent layer.
+    lstm = model.lstm
+    assert isinstance(lstm, (nn.LSTMCell, nn.LSTM))
+    assert (lstm.input_size, lstm.hidden_size) == (256, 256)
+    if isinstance(lstm, nn.LSTM):
+        assert lstm.num_layers == 1 and not lstm.bidirectional
+    assert (model.policy.out_features, model.value.out_features) == (6, 1)
+
+
+@pytest.mark.parametrize("arch", ["paper", "small"])
+def test_image_forward_shapes(arch: str):
+    """uint8 [B, 4, 84, 84] -> logits float32 [B, A], value float32 [B], and a new (h, c) state [B, hidden]."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=64, arch=arch)
+    state = model.initial_state(3)
+    assert all(s.shape == (3, 64) and not s.any() for s in state)
+    out = model(random_frames(3), state)
+    assert out.logits.shape == (3, 6) and out.logits.dtype == torch.float32
+    assert out.value.shape == (3,) and out.value.dtype == torch.float32
+    assert out.state[0].shape == (3, 64) and out.state[1].shape == (3, 64)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.value).all()
+
+
+def test_small_arch_is_four_stride2_convs():
+    """'small' is four 3x3 stride-2 convolutions of 32 filters."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=4, arch="small")
+    convs = layers(model.trunk, nn.Conv2d)
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(32, (3, 3), (2, 2))] * 4
+
+
+def test_vector_observation_uses_mlp():
+    """A vector observation (4,) gets an MLP trunk (no convs) and float32 [B, 4] input works."""
+    model = ActorCritic((4,), num_actions=2, hidden_size=32)
+    assert not model.is_image and not layers(model, nn.Conv2d)
+    out = model(torch.randn(5, 4), model.initial_state(5))
+    assert out.logits.shape == (5, 2) and out.value.shape == (5,)
+
+
+def step_by_step(model: ActorCritic, obs: torch.Tensor, state, resets: torch.Tensor):
+    """Reference: one forward() per step, zeroing the state before step t where resets[t] is 1."""
+    h, c = state
+    logits, values = [], []
+    for t in range(obs.shape[0]):
+        keep = (1.0 - resets[t]).unsqueeze(-1)
+        out = model(obs[t], (h * keep, c * keep))
+        h, c = out.state
+        logits.append(out.logits)
+        values.append(out.value)
+    return torch.stack(logits), torch.stack(values)
+
+
+RESET_PATTERNS = {
+    "mid": [(2, 0)],  # env 0 began a new episode at step 2; env 1 runs on
+    "start": [(0, 1)],  # env 1's carried-in state is stale: its episode began at step 0
+    "both": [(1, 0), (3, 0), (3, 1)],  # several segments, both envs at once
+}
+
+
+@pytest.mark.parametrize(
+    ("obs_shape", "arch", "pattern"),
+    [
+        (ATARI_SHAPE, "paper", "mid"),
+        (ATARI_SHAPE, "paper", "start"),
+        (ATARI_SHAPE, "small", "both"),
+        ((4,), "paper", "mid"),
+        ((4,), "paper", "both"),
+    ],
+    ids=str,
+)
+def test_forward_rollout_equals_step_by_step(obs_shape: tuple[int, ...], arch: str, pattern: str):
+    """forward_rollout (batched trunk, stepped LSTM) equals T forward() calls, resets zeroing the state at step t."""
+    torch.manual_seed(0)
+    steps, batch = 5, 2
+    model = ActorCritic(obs_shape, num_actions=6, hidden_size=32, arch=arch)
+    if len(obs_shape) == 3:
+        obs = random_frames(steps, batch)
+    else:
+        obs = torch.randn(steps, batch, *obs_shape)
+    # A non-zero carried-in state, so a reset visibly matters.
+    state = (torch.randn(batch, 32), torch.randn(batch, 32))
+    resets = torch.zeros(steps, batch)
+    for t, k in RESET_PATTERNS[pattern]:
+        resets[t, k] = 1.0
+    logits, values = model.forward_rollout(obs, state, resets)
+    ref_logits, ref_values = step_by_step(model, obs, state, resets)
+    assert logits.shape == (steps, batch, 6) and values.shape == (steps, batch)
+    assert_close(logits, ref_logits)
+    assert_close(values, ref_values)
+    # The resets really matter: ignoring them changes the outputs from the first reset on.
+    no_reset_logits, _ = step_by_step(model, obs, state, torch.zeros(steps, batch))
+    first_t, first_k = RESET_PATTERNS[pattern][0]
+    assert not torch.allclose(no_reset_logits[first_t:, first_k], logits[first_t:, first_k])
+
+
+def test_forward_rollout_gradients_reach_every_parameter():
+    """The recomputed rollout is differentiable through trunk, LSTM and both heads."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=32)
+    logits, values = model.forward_rollout(random_frames(3, 1), model.initial_state(1), torch.zeros(3, 1))
+    (logits.sum() + values.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
