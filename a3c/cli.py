@@ -8,7 +8,7 @@ import os
 import sys
 
 from a3c.checkpoint import CheckpointError
-from a3c.config import ARCHS, OPTIMIZERS, ConfigError, build_config
+from a3c.config import ARCHS, OPTIMIZERS, Config, ConfigError, build_config
 
 EXIT_USAGE = 2
 
@@ -24,7 +24,6 @@ def make_parser() -> argparse.ArgumentParser:
         prog="a3c",
         description="Train an A3C agent (Mnih et al. 2016) on an Atari or gymnasium game.",
         argument_default=argparse.SUPPRESS,  # only flags the user gave override the config file
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = p.add_argument_group("run")
     run.add_argument(
@@ -33,9 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config", dest="config_file", help="TOML file of settings (default: configs/<game>.toml if present)"
     )
-    run.add_argument(
-        "--n-workers", dest="n_workers", type=int, help="worker processes (default: the cores this process may use)"
-    )
+    run.add_argument("--n-workers", dest="n_workers", type=int, help="worker processes, one per usable core by default")
     run.add_argument(
         "--envs-per-worker",
         dest="envs_per_worker",
@@ -102,6 +99,10 @@ def make_parser() -> argparse.ArgumentParser:
     stop.add_argument("--save-interval", dest="save_interval_s", type=float, help="seconds between checkpoints")
     stop.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="where <game>.pt goes")
     stop.add_argument("--plot-dir", dest="plot_dir", help="where <game>.csv and <game>.png go")
+    defaults = Config()
+    for action in p._actions:  # show Config's defaults (the parser itself holds none, see argument_default)
+        if action.help and hasattr(defaults, action.dest) and action.dest not in ("use_trained", "serial"):
+            action.help += f" (default: {getattr(defaults, action.dest)})"
     return p
 
 

@@ -281,7 +281,7 @@ class Trainer:
                 if now - last_save >= cfg.save_interval_s:
                     self.save()
                     last_save = now
-                if now - last_print >= (1.0 if tty else 30.0):
+                if now - last_print >= (1.0 if tty else 10.0):
                     frames = self.shared.frames.value
                     rate_window.append((now, frames))
                     while len(rate_window) > 2 and now - rate_window[0][0] > 10.0:

@@ -1,0 +1,165 @@
+"""make_env on real ALE games and CartPole: observation format, reward clipping, FIRE on reset, life-loss flags."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from a3c.config import Config, ConfigError
+from a3c.envs import FireOnReset, LifeLoss, check_env_id, env_spaces, frames_per_step, make_env
+
+
+def wrapper_chain(env: gym.Env) -> list[type]:
+    """The env's wrapper classes from the outside in."""
+    chain = []
+    while True:
+        chain.append(type(env))
+        if not hasattr(env, "env"):
+            return chain
+        env = env.env
+
+
+@pytest.mark.parametrize("env_name", ["PongNoFrameskip-v4", "ALE/Pong-v5"])
+def test_atari_pong_obs_and_actions(env_name: str):
+    """Both Pong ids give uint8 [4, 84, 84] stacked frames and 6 actions, on reset and after steps."""
+    env = make_env(Config(env_name=env_name), seed=1)
+    try:
+        assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
+        assert env.action_space.n == 6
+        obs, _ = env.reset(seed=1)
+        for action in (0, 2, 3, 1):
+            obs, reward, terminated, truncated, info = env.step(action)
+        obs = np.asarray(obs)
+        assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+        assert obs.max() > 0  # real frames, not blank
+        assert reward in (-1.0, 0.0, 1.0) and not (terminated or truncated)
+        assert frames_per_step(Config(env_name=env_name)) == 4
+    finally:
+        env.close()
+
+
+def play(env: gym.Env, actions: list[int], seed: int) -> tuple[list[float], list[np.ndarray], dict]:
+    """Reset with seed and play the actions; rewards, observations and the last info."""
+    env.reset(seed=seed)
+    rewards, observations, info = [], [], {}
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        rewards.append(float(reward))
+        observations.append(np.asarray(obs))
+        if terminated or truncated:
+            break
+    return rewards, observations, info
+
+
+def test_rewards_clipped_when_training_episode_score_unclipped():
+    """Training rewards are sign(reward); info['episode']['r'] is the real score; evaluation rewards are unclipped."""
+    # Space Invaders pays 5-30 points per invader, so clipping is visible; the time limit ends the game quickly.
+    cfg = Config(env_name="SpaceInvadersNoFrameskip-v4", ep_length=300)
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, 6, size=300)]
+    train_env, eval_env = make_env(cfg, seed=0, training=True), make_env(cfg, seed=0, training=False)
+    try:
+        train_rewards, train_obs, train_info = play(train_env, actions, seed=0)
+        eval_rewards, eval_obs, eval_info = play(eval_env, actions, seed=0)
+    finally:
+        train_env.close()
+        eval_env.close()
+    assert len(train_rewards) == len(eval_rewards) == 300  # truncated by ep_length at the 300th step
+    assert all(np.array_equal(a, b) for a, b in zip(train_obs, eval_obs, strict=True))  # same game, step by step
+    assert max(eval_rewards) > 1  # the real rewards are not already in {-1, 0, 1}
+    assert train_rewards == [float(np.sign(r)) for r in eval_rewards]
+    real_score = sum(eval_rewards)
+    assert train_info["episode"]["r"] == pytest.approx(real_score)
+    assert eval_info["episode"]["r"] == pytest.approx(real_score)
+    assert train_info["episode"]["l"] == 300
+    assert sum(train_rewards) < real_score
+
+
+def test_no_clipping_when_disabled():
+    """clip_rewards=False keeps real rewards even when training."""
+    cfg = Config(env_name="SpaceInvadersNoFrameskip-v4", ep_length=150, clip_rewards=False)
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, 6, size=150)]
+    env = make_env(cfg, seed=0, training=True)
+    try:
+        rewards, _, _ = play(env, actions, seed=0)
+    finally:
+        env.close()
+    assert max(rewards) > 1
+
+
+def test_breakout_fires_on_reset_and_flags_lost_lives():
+    """Breakout gets FireOnReset; losing a life sets info['life_lost'] while the game goes on."""
+    env = make_env(Config(env_name="BreakoutNoFrameskip-v4"), seed=3)
+    try:
+        chain = wrapper_chain(env)
+        assert FireOnReset in chain and LifeLoss in chain
+        assert chain.index(LifeLoss) < chain.index(FireOnReset)  # LifeLoss sees the lives after the FIRE press
+        _, info = env.reset(seed=3)
+        assert info["lives"] == 5 and info["life_lost"] is False
+        rng = np.random.default_rng(3)
+        lives, lost_at = 5, []
+        for step in range(1000):
+            _, _, terminated, truncated, info = env.step(int(rng.integers(4)))
+            assert info["life_lost"] == (info["lives"] < lives)
+            if info["life_lost"]:
+                lost_at.append(step)
+                if info["lives"] > 0:
+                    assert not (terminated or truncated)  # a lost life does not end the game
+            lives = info["lives"]
+            if terminated or truncated:
+                break
+        assert len(lost_at) >= 2
+    finally:
+        env.close()
+
+
+def test_cartpole_is_a_plain_vector_env():
+    """CartPole-v1 keeps float observations (4,) and 2 actions, with none of the Atari wrappers."""
+    cfg = Config(env_name="CartPole-v1")
+    env = make_env(cfg, seed=0)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert env.observation_space.shape == (4,) and np.asarray(obs).dtype == np.float32
+        assert env.action_space.n == 2
+        chain = wrapper_chain(env)
+        assert FireOnReset not in chain and LifeLoss not in chain
+        assert gym.wrappers.RecordEpisodeStatistics in chain
+    finally:
+        env.close()
+    assert env_spaces(cfg) == ((4,), 2)
+    assert frames_per_step(cfg) == 1
+
+
+def test_ep_length_truncates_and_records_the_episode():
+    """ep_length caps an episode (truncated, not terminated) and the episode record still arrives."""
+    env = make_env(Config(env_name="CartPole-v1", ep_length=5), seed=0)
+    try:
+        env.reset(seed=0)
+        terminated = truncated = False
+        for step in range(5):
+            _, _, terminated, truncated, info = env.step(step % 2)
+        assert truncated and not terminated
+        assert info["episode"]["l"] == 5
+    finally:
+        env.close()
+
+
+def test_env_spaces_of_pong():
+    """env_spaces reports Pong's stacked-frame shape and action count."""
+    assert env_spaces(Config(env_name="PongNoFrameskip-v4")) == ((4, 84, 84), 6)
+
+
+def test_env_spaces_refuses_continuous_actions():
+    """A continuous-action game is a ConfigError saying A3C here needs discrete actions."""
+    with pytest.raises(ConfigError, match="needs discrete actions"):
+        env_spaces(Config(env_name="Pendulum-v1"))
+
+
+def test_check_env_id():
+    """Known ids pass; an unknown id is a ConfigError suggesting close ids, or examples when none is close."""
+    check_env_id("PongNoFrameskip-v4")
+    check_env_id("ALE/Pong-v5")
+    with pytest.raises(ConfigError, match=r"unknown environment id 'Pongg-v4'; did you mean .*Pong"):
+        check_env_id("Pongg-v4")
+    with pytest.raises(ConfigError, match="e.g. PongNoFrameskip-v4"):
+        check_env_id("Zzzzzzzzzzzzz-v0")

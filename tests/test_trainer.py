@@ -1,0 +1,220 @@
+"""The trainer end to end: serial-mode determinism, the real CLI on Pong with 2 workers, resume, plots, clean exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from a3c import cli
+from a3c.checkpoint import load_checkpoint
+from a3c.config import Config, build_config
+from a3c.metrics import COLUMNS, GameResult, Metrics
+from a3c.trainer import Trainer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PONG = "PongNoFrameskip-v4"
+HEADER = ",".join(COLUMNS)
+
+
+def serial_cfg(tmp_path: Path, name: str, **changes: object) -> Config:
+    """A serial-mode CartPole run writing under tmp_path/name."""
+    overrides = {
+        "env_name": "CartPole-v1",
+        "serial": True,
+        "seed": 3,
+        "max_frames": 2000,
+        "save_interval_s": 1000.0,
+        "checkpoint_dir": str(tmp_path / name / "checkpoints"),
+        "plot_dir": str(tmp_path / name / "plots"),
+        **changes,
+    }
+    return build_config(overrides)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"weights differ: {different}"
+
+
+def game_columns(payload: dict) -> dict[str, list]:
+    """The checkpoint's game history without the wall-clock column."""
+    history = payload["history"]
+    return {n: c for n, c in zip(history["names"], history["columns"], strict=True) if n != "time_s"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a3c/trainer.py Trainer.__init__ builds the shared model (build_model -> ActorCritic.__init__) before "
+    "anything seeds torch; only Worker.__init__ calls torch.manual_seed(cfg.seed + rank), later. The initial "
+    "weights, and so the trained weights, depend on torch's global RNG state, not on --seed",
+)
+def test_serial_runs_with_the_same_seed_are_identical(tmp_path: Path):
+    """Two serial CartPole runs with the same seed end with identical weights (serial mode is the deterministic one)."""
+    payloads = []
+    for name in ("a", "b"):
+        cfg = serial_cfg(tmp_path, name)
+        assert Trainer(cfg).run() == 0
+        payloads.append(load_checkpoint(cfg.checkpoint_path))
+    assert_same_weights(payloads[0]["model"], payloads[1]["model"])
+
+
+def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
+    """With torch seeded before each Trainer, everything else in serial mode is deterministic: weights, counters, games."""
+    payloads = []
+    for name in ("a", "b"):
+        cfg = serial_cfg(tmp_path, name)
+        torch.manual_seed(cfg.seed)  # what Trainer should do itself (see the xfail above)
+        assert Trainer(cfg).run() == 0
+        payloads.append(load_checkpoint(cfg.checkpoint_path))
+    a, b = payloads
+    assert_same_weights(a["model"], b["model"])
+    assert a["counters"]["frames"] == b["counters"]["frames"] >= 2000
+    assert a["counters"]["updates"] == b["counters"]["updates"] > 0
+    assert game_columns(a) == game_columns(b)
+    assert a["counters"]["games"] > 0  # CartPole games are short: the histories compared above are not empty
+    # Training changed the weights: the determinism is not that of a model that never moved.
+    torch.manual_seed(3)
+    fresh = Trainer(serial_cfg(tmp_path, "c")).model.state_dict()
+    assert any(not torch.equal(fresh[k], a["model"][k]) for k in fresh)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a3c/plotting.py plot_training returns False without drawing when the CSV has no games yet, and "
+    "a3c/trainer.py Trainer.plot ignores that, so a run that finishes no game leaves no <game>.png although "
+    "the final line says 'Saved ... <game>.png'",
+)
+def test_run_without_finished_games_still_draws_png(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A run too short to finish a Pong game still writes the PNG its last line says it saved."""
+    cfg = serial_cfg(tmp_path, "short", env_name=PONG, max_frames=160, rollout_len=20)
+    assert Trainer(cfg).run() == 0
+    assert cfg.checkpoint_path.exists()
+    assert cfg.csv_path.read_text().splitlines() == [HEADER]
+    assert str(cfg.plot_path) in capsys.readouterr().out
+    assert cfg.plot_path.exists()
+
+
+def write_games(cfg: Config, scores: list[float]) -> None:
+    """A per-game CSV as the trainer writes it."""
+    metrics = Metrics(cfg.csv_path)
+    metrics.open_csv()
+    for i, score in enumerate(scores):
+        metrics.add(GameResult(worker=i % 2, score=score, length=800, frames=3200 * (i + 1)), time_s=10.0 * (i + 1))
+    metrics.close()
+
+
+def cli_dirs(cfg: Config) -> list[str]:
+    return ["--env-name", cfg.env_name, "--checkpoint-dir", cfg.checkpoint_dir, "--plot-dir", cfg.plot_dir]
+
+
+def test_plot_flag_redraws_png_from_csv(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """`--plot` draws <game>.png from <game>.csv alone, without training or a checkpoint."""
+    cfg = Config(env_name=PONG, checkpoint_dir=str(tmp_path / "ck"), plot_dir=str(tmp_path / "pl"))
+    write_games(cfg, [-21.0, -20.0, -19.0])
+    assert cli.main(["--plot", *cli_dirs(cfg)]) == 0
+    assert cfg.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"drew {cfg.plot_path}" in capsys.readouterr().out
+    assert not cfg.checkpoint_path.exists()
+
+
+def test_plot_flag_without_games_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """`--plot` with no CSV, or a CSV without games, exits 2 with one line saying why."""
+    cfg = Config(env_name=PONG, checkpoint_dir=str(tmp_path / "ck"), plot_dir=str(tmp_path / "pl"))
+    assert cli.main(["--plot", *cli_dirs(cfg)]) == 2
+    assert "no training data at" in capsys.readouterr().err
+    write_games(cfg, [])
+    assert cli.main(["--plot", *cli_dirs(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no finished games yet" in err[0]
+    assert not cfg.plot_path.exists()
+
+
+# -- the real command line, in a subprocess ----------------------------------------------------------------------
+
+
+def processes_with_marker(marker: str) -> list[int]:
+    """PIDs of live processes whose environment carries A3C_TEST_MARKER=marker (the run and its children)."""
+    needle = f"A3C_TEST_MARKER={marker}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path("/proc", entry, "environ").read_bytes()
+        except OSError:  # gone, or not ours
+            continue
+        if needle in environ.split(b"\0"):
+            pids.append(int(entry))
+    return pids
+
+
+def assert_no_survivors(marker: str) -> None:
+    """No worker (nor resource tracker) of the finished run is still alive after a short grace period."""
+    deadline = time.monotonic() + 10.0
+    while (alive := processes_with_marker(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"processes of the finished run still alive: {alive}"
+
+
+def run_main(args: list[str], marker: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "A3C_TEST_MARKER": marker}
+    return subprocess.run(
+        [sys.executable, "main.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+def csv_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find leftover processes")
+def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
+    """main.py trains Pong with 2 workers, saves checkpoint/CSV/PNG, resumes with --use-trained, and leaves no process."""
+    ck, pl = tmp_path / "ck", tmp_path / "pl"
+    checkpoint, csv, png = ck / f"{PONG}.pt", pl / f"{PONG}.csv", pl / f"{PONG}.png"
+    dirs = ["--checkpoint-dir", str(ck), "--plot-dir", str(pl)]
+    marker = uuid.uuid4().hex
+
+    first = run_main(["--env-name", PONG, "--n-workers", "2", "--max-frames", "6000", *dirs], marker)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "reached --max-frames 6,000" in first.stdout
+    assert_no_survivors(marker)
+    assert checkpoint.exists()
+    first_rows = csv_lines(csv)
+    assert first_rows[0] == HEADER
+    payload = load_checkpoint(checkpoint)
+    frames_1 = payload["counters"]["frames"]
+    assert payload["env_name"] == PONG and frames_1 >= 6000
+    assert payload["counters"]["updates"] > 0
+    assert len(payload["history"]["columns"][0]) == len(first_rows) - 1  # the checkpoint knows every CSV row
+    if len(first_rows) > 1:  # 6000 frames finish 0-2 random Pong games (~3000-4000 frames each)
+        assert png.exists()
+
+    second = run_main(["--env-name", PONG, "--n-workers", "2", "--max-frames", "12000", "--use-trained", *dirs], marker)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reached --max-frames 12,000" in second.stdout
+    assert_no_survivors(marker)
+    assert (ck / f"{PONG}.pt.prev").exists()
+    resumed = load_checkpoint(checkpoint)
+    assert resumed["counters"]["frames"] >= 12000 > frames_1
+    assert resumed["counters"]["updates"] > payload["counters"]["updates"]
+    second_rows = csv_lines(csv)
+    assert second_rows[: len(first_rows)] == first_rows  # the resumed CSV continues the first run's
+    assert len(resumed["history"]["columns"][0]) == len(second_rows) - 1
+
+    if len(second_rows) > 1:
+        assert png.exists()
+        png.unlink()
+        redraw = run_main(["--plot", "--env-name", PONG, *dirs], marker)
+        assert redraw.returncode == 0, redraw.stderr[-3000:]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert csv_lines(csv) == second_rows  # --plot reads the CSV, never rewrites it
+    assert_no_survivors(marker)
