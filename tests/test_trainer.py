@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from a3c import cli
-from a3c.checkpoint import load_checkpoint
+from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import Config, build_config
 from a3c.metrics import COLUMNS, GameResult, Metrics
-from a3c.trainer import Trainer
+from a3c.trainer import Trainer, build_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PONG = "PongNoFrameskip-v4"
@@ -137,6 +137,51 @@ def test_plot_flag_without_games_is_a_user_error(tmp_path: Path, capsys: pytest.
     assert not cfg.plot_path.exists()
 
 
+def write_mismatched_checkpoint(tmp_path: Path) -> Config:
+    """A CartPole checkpoint with the right env and spec whose weights lack 'value.bias' (another model layout)."""
+    cfg = build_config(
+        {"env_name": "CartPole-v1", "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
+    )
+    model, spec = build_model(cfg)
+    weights = model.state_dict()
+    del weights["value.bias"]
+    payload = {
+        "format": "a3c-checkpoint",
+        "version": 1,
+        "env_name": cfg.env_name,
+        "model_spec": spec,
+        "model": weights,
+        "optimizer": {"name": cfg.opt, "state": {}},
+        "counters": {"frames": 0, "updates": 0, "skipped_updates": 0, "elapsed_s": 0.0, "games": 0},
+        "history": Metrics(cfg.csv_path).state(),
+    }
+    save_checkpoint(payload, cfg.checkpoint_path)
+    return cfg
+
+
+def test_resume_from_checkpoint_of_another_layout_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """--use-trained with weights that do not fit the network exits 2 with one line, checkpoint untouched."""
+    cfg = write_mismatched_checkpoint(tmp_path)
+    before = cfg.checkpoint_path.read_bytes()
+    assert cli.main(["--use-trained", *cli_dirs(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this network" in err[0]
+    assert cfg.checkpoint_path.read_bytes() == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a3c/trainer.py Trainer._resume keeps only str(error).splitlines()[0] of load_state_dict's RuntimeError, "
+    "which is always 'Error(s) in loading state_dict for ActorCritic:'; the missing/unexpected keys are on the "
+    "following lines and are dropped",
+)
+def test_resume_layout_error_names_the_keys(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The 'does not fit this network' message says which weights are missing."""
+    cfg = write_mismatched_checkpoint(tmp_path)
+    assert cli.main(["--use-trained", *cli_dirs(cfg)]) == 2
+    assert "value.bias" in capsys.readouterr().err
+
+
 # -- the real command line, in a subprocess ----------------------------------------------------------------------
 
 
@@ -195,7 +240,7 @@ def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
     assert payload["env_name"] == PONG and frames_1 >= 6000
     assert payload["counters"]["updates"] > 0
     assert len(payload["history"]["columns"][0]) == len(first_rows) - 1  # the checkpoint knows every CSV row
-    if len(first_rows) > 1:  # 6000 frames finish 0-2 random Pong games (~3000-4000 frames each)
+    if len(first_rows) > 1:  # 6000 frames finish 0-2 random Pong games (~3000-4000 frames each), usually 0
         assert png.exists()
 
     second = run_main(["--env-name", PONG, "--n-workers", "2", "--max-frames", "12000", "--use-trained", *dirs], marker)
@@ -210,11 +255,17 @@ def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
     assert second_rows[: len(first_rows)] == first_rows  # the resumed CSV continues the first run's
     assert len(resumed["history"]["columns"][0]) == len(second_rows) - 1
 
+    # Resuming restarts the games, so each run's ~770 agent steps per worker rarely finish a ~800-step Pong game:
+    # the CSV may still hold no game, and then no PNG exists (see test_run_without_finished_games_still_draws_png).
     if len(second_rows) > 1:
         assert png.exists()
         png.unlink()
-        redraw = run_main(["--plot", "--env-name", PONG, *dirs], marker)
+    redraw = run_main(["--plot", "--env-name", PONG, *dirs], marker)
+    if len(second_rows) > 1:
         assert redraw.returncode == 0, redraw.stderr[-3000:]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert csv_lines(csv) == second_rows  # --plot reads the CSV, never rewrites it
+    else:
+        assert redraw.returncode == 2
+        assert "holds no finished games yet" in redraw.stderr
+    assert csv_lines(csv) == second_rows  # --plot reads the CSV, never rewrites it
     assert_no_survivors(marker)
