@@ -108,7 +108,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, build and validate the config, then train or plot. Returns the exit status."""
-    args = vars(make_parser().parse_args(argv))
+    try:
+        args = vars(make_parser().parse_args(argv))
+    except SystemExit as stop:  # --help, or a mistake argparse caught (already printed as one line)
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     verbose = args.pop("verbose", False)
     plot_only = args.pop("plot_only", False)
     config_file = args.pop("config_file", None)

@@ -14,10 +14,13 @@ from a3c.metrics import read_csv  # noqa: E402
 
 
 def plot_training(csv_path: str | Path, png_path: str | Path, title: str) -> bool:
-    """Draw every game's score (faint) and the average of 100 (bold) against frames and hours; False if no games."""
+    """Draw every game's score (faint) and the average of 100 (bold) against frames and hours.
+
+    Returns False, after drawing empty axes that say so, when no game has finished yet."""
     columns = read_csv(csv_path)
-    if not columns.get("score"):
-        return False
+    has_games = bool(columns.get("score"))
+    if not has_games:
+        columns = {name: [] for name in ("frames", "time_s", "score", "avg100")}
     frames_m = [f / 1e6 for f in columns["frames"]]
     hours = [t / 3600 for t in columns["time_s"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -27,7 +30,11 @@ def plot_training(csv_path: str | Path, png_path: str | Path, title: str) -> boo
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (whole game)")
-    axes[0].legend(loc="lower right")
+    if has_games:
+        axes[0].legend(loc="lower right")
+    else:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no finished games yet", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     fig.tight_layout()
     png_path = Path(png_path)
@@ -36,4 +43,4 @@ def plot_training(csv_path: str | Path, png_path: str | Path, title: str) -> boo
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, png_path)
-    return True
+    return has_games

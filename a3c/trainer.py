@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
-from a3c.metrics import GameResult, Metrics, format_duration
+from a3c.metrics import GameResult, Metrics, format_duration, read_csv
 from a3c.model import ActorCritic
 from a3c.plotting import plot_training
 from a3c.shared_optim import make_optimizer
@@ -72,6 +72,7 @@ class Trainer:
         self.cfg = cfg
         check_writable(cfg.checkpoint_dir)
         check_writable(cfg.plot_dir)
+        torch.manual_seed(cfg.seed)  # the shared model's initial weights follow --seed
         self.model, self.spec = build_model(cfg)
         self.optimizer = make_optimizer(
             cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
@@ -106,8 +107,10 @@ class Trainer:
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError as error:
+            details = " ".join(line.strip() for line in str(error).splitlines()[1:])[:400]
             raise CheckpointError(
-                f"{cfg.checkpoint_path} does not fit this network: {str(error).splitlines()[0]}"
+                f"{cfg.checkpoint_path} does not fit this network ({details}); "
+                "use the settings it was trained with or another --checkpoint-dir"
             ) from None
         saved_opt = payload["optimizer"]
         if saved_opt.get("name") == cfg.opt:
@@ -303,10 +306,14 @@ class Trainer:
             self._stop_workers()
             self.save()
             self.metrics.close()
+        games = (
+            f"{self.metrics.games} games, average of last 100 {self.metrics.avg100:.2f}, best {self.metrics.best_avg:.2f}"
+            if self.metrics.games
+            else "no game finished yet"
+        )
         print(
-            f"a3c: stopped: {self.stop_reason}. {self.metrics.games} games, "
-            f"{int(self.shared.frames.value):,} frames, average of last 100 {self.metrics.avg100:.2f}, "
-            f"best {self.metrics.best_avg:.2f}. Saved {cfg.checkpoint_path} and {cfg.plot_path}",
+            f"a3c: stopped: {self.stop_reason}. {int(self.shared.frames.value):,} frames, {games}. "
+            f"Saved {cfg.checkpoint_path} and {cfg.plot_path}",
             flush=True,
         )
         return self.exit_status
@@ -328,7 +335,8 @@ def redraw_plot(cfg: Config) -> int:
             title = plot_title(cfg.env_name, saved["n_workers"], saved["opt"])
         except (CheckpointError, KeyError):
             pass
-    if not plot_training(cfg.csv_path, cfg.plot_path, title):
+    if not read_csv(cfg.csv_path).get("score"):
         raise ConfigError(f"{cfg.csv_path} holds no finished games yet; nothing to plot")
+    plot_training(cfg.csv_path, cfg.plot_path, title)
     print(f"a3c: drew {cfg.plot_path}")
     return EXIT_OK

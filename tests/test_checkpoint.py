@@ -147,13 +147,6 @@ def test_bad_file_raises_checkpoint_error_and_is_left_alone(tmp_path: Path, kind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Bad.pt"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(KeyError, IndexError),
-    reason="a3c/checkpoint.py load_checkpoint catches only UnpicklingError/RuntimeError/EOFError/OSError/"
-    "BadZipFile/ValueError from torch.load; the weights-only unpickler raises KeyError/IndexError on many "
-    "non-checkpoint files, which then escape as tracebacks instead of a CheckpointError",
-)
 @pytest.mark.parametrize("kind", list(ESCAPING_FILES))
 def test_text_or_garbage_file_raises_checkpoint_error(tmp_path: Path, kind: str):
     """A text file or garbage whose bytes confuse the unpickler still gives a CheckpointError, file untouched."""
@@ -164,12 +157,6 @@ def test_text_or_garbage_file_raises_checkpoint_error(tmp_path: Path, kind: str)
     assert path.read_bytes() == ESCAPING_FILES[kind]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a3c/checkpoint.py load_checkpoint: torch wraps every weights-only unpickling failure in a message "
-    "containing 'weights_only', so a file of random bytes is reported as 'could run code' instead of "
-    "'truncated or not a checkpoint'; test for torch's 'Unsupported global' instead",
-)
 def test_random_bytes_message_does_not_claim_code(tmp_path: Path):
     """Random bytes are reported as not a checkpoint, not as a file that could run code."""
     path = tmp_path / "Bad.pt"

@@ -163,12 +163,6 @@ def test_unknown_env_suggests_close_ids(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Pong-v4" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SystemExit,
-    reason="a3c/cli.py _Parser.error calls self.exit(2, ...), so argparse mistakes raise SystemExit(2) out of "
-    "main() although main() is documented to return the exit status",
-)
 def test_cli_main_returns_2_for_bad_choice(tmp_path: Path, capsys: pytest.CaptureFixture):
     """main() returns (not raises) status 2 for an argparse-level mistake like --opt sgd."""
     assert cli.main(["--opt", "sgd", *out_dirs(tmp_path)]) == 2

@@ -50,12 +50,6 @@ def game_columns(payload: dict) -> dict[str, list]:
     return {n: c for n, c in zip(history["names"], history["columns"], strict=True) if n != "time_s"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a3c/trainer.py Trainer.__init__ builds the shared model (build_model -> ActorCritic.__init__) before "
-    "anything seeds torch; only Worker.__init__ calls torch.manual_seed(cfg.seed + rank), later. The initial "
-    "weights, and so the trained weights, depend on torch's global RNG state, not on --seed",
-)
 def test_serial_runs_with_the_same_seed_are_identical(tmp_path: Path):
     """Two serial CartPole runs with the same seed end with identical weights (serial mode is the deterministic one)."""
     payloads = []
@@ -71,7 +65,6 @@ def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     payloads = []
     for name in ("a", "b"):
         cfg = serial_cfg(tmp_path, name)
-        torch.manual_seed(cfg.seed)  # what Trainer should do itself (see the xfail above)
         assert Trainer(cfg).run() == 0
         payloads.append(load_checkpoint(cfg.checkpoint_path))
     a, b = payloads
@@ -86,12 +79,6 @@ def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     assert any(not torch.equal(fresh[k], a["model"][k]) for k in fresh)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a3c/plotting.py plot_training returns False without drawing when the CSV has no games yet, and "
-    "a3c/trainer.py Trainer.plot ignores that, so a run that finishes no game leaves no <game>.png although "
-    "the final line says 'Saved ... <game>.png'",
-)
 def test_run_without_finished_games_still_draws_png(tmp_path: Path, capsys: pytest.CaptureFixture):
     """A run too short to finish a Pong game still writes the PNG its last line says it saved."""
     cfg = serial_cfg(tmp_path, "short", env_name=PONG, max_frames=160, rollout_len=20)
@@ -169,12 +156,6 @@ def test_resume_from_checkpoint_of_another_layout_is_a_user_error(tmp_path: Path
     assert cfg.checkpoint_path.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a3c/trainer.py Trainer._resume keeps only str(error).splitlines()[0] of load_state_dict's RuntimeError, "
-    "which is always 'Error(s) in loading state_dict for ActorCritic:'; the missing/unexpected keys are on the "
-    "following lines and are dropped",
-)
 def test_resume_layout_error_names_the_keys(tmp_path: Path, capsys: pytest.CaptureFixture):
     """The 'does not fit this network' message says which weights are missing."""
     cfg = write_mismatched_checkpoint(tmp_path)
