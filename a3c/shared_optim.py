@@ -13,6 +13,16 @@ import torch
 from torch import nn
 
 
+def _create_state(optimizer: torch.optim.Optimizer, buffers: tuple[str, ...]) -> None:
+    """Create torch's per-parameter state now (a float32 step and zeroed buffers) so it can live in shared memory."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32)} | {
+                name: torch.zeros_like(p, memory_format=torch.preserve_format) for name in buffers
+            }
+    _share_state(optimizer)
+
+
 def _share_state(optimizer: torch.optim.Optimizer) -> None:
     for state in optimizer.state.values():
         for value in state.values():
@@ -25,14 +35,7 @@ class SharedAdam(torch.optim.Adam):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr=lr, betas=betas, eps=eps, foreach=False)
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p] = {
-                    "step": torch.zeros((), dtype=torch.float32),
-                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-                }
-        self.share_memory()
+        _create_state(self, ("exp_avg", "exp_avg_sq"))
 
     def share_memory(self) -> SharedAdam:
         """Move the statistics to shared memory (again after load_state_dict, which makes fresh tensors)."""
@@ -45,13 +48,7 @@ class SharedRMSprop(torch.optim.RMSprop):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 7e-4, alpha: float = 0.99, eps: float = 0.1):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, foreach=False)
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p] = {
-                    "step": torch.zeros((), dtype=torch.float32),
-                    "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                }
-        self.share_memory()
+        _create_state(self, ("square_avg",))
 
     def share_memory(self) -> SharedRMSprop:
         """Move the statistics to shared memory (again after load_state_dict, which makes fresh tensors)."""
