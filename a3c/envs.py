@@ -111,8 +111,8 @@ def make_env(cfg: Config, seed: int, training: bool = True, render_mode: str | N
     Atari observations are uint8 [frame_stack, frame_size, frame_size]. Rewards are clipped to their sign only
     when training and cfg.clip_rewards; info["episode"]["r"] is always the real score of a whole game.
     """
-    register_ale()
-    if is_atari(cfg.env_name):
+    atari = is_atari(cfg.env_name)
+    if atari:
         # Frame skipping is AtariPreprocessing's job (max over the last two frames), so the base env must not skip.
         # v5 ids keep their sticky actions: that is the v5 protocol.
         env = gym.make(cfg.env_name, frameskip=1, render_mode=render_mode)
@@ -135,7 +135,7 @@ def make_env(cfg: Config, seed: int, training: bool = True, render_mode: str | N
     env = RecordEpisodeStatistics(env)
     if training and cfg.clip_rewards:
         env = TransformReward(env, lambda r: float(np.sign(r)))
-    if is_atari(cfg.env_name):
+    if atari:
         env = FrameStackObservation(env, cfg.frame_stack)
     env.action_space.seed(seed)
     return env

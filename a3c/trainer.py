@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from a3c.checkpoint import FORMAT, VERSION, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
 from a3c.metrics import GameResult, Metrics, format_duration, read_csv
@@ -211,8 +211,8 @@ class Trainer:
     def payload(self) -> dict[str, Any]:
         """Everything a resume needs, as tensors and plain data (loads with weights_only=True)."""
         return {
-            "format": "a3c-checkpoint",
-            "version": 1,
+            "format": FORMAT,
+            "version": VERSION,
             "env_name": self.cfg.env_name,
             "model_spec": self.spec,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
