@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -40,8 +41,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)  # in memory first: torch's zip writer turns a full disk into a RuntimeError
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())  # ENOSPC / EFBIG surface here as an OSError
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
@@ -100,7 +103,8 @@ def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[st
             f"{path} was trained on {payload['env_name']}, not {env_name}: use --env-name {payload['env_name']} "
             "or another --checkpoint-dir"
         )
-    saved = payload["model_spec"]
+    # Keys added after version 1 default to what older checkpoints were trained with.
+    saved = {"standardize_frames": False} | payload["model_spec"]
     differences = [f"{key} {saved.get(key)} vs {value}" for key, value in model_spec.items() if saved.get(key) != value]
     if differences:
         raise CheckpointError(

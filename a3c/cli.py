@@ -11,6 +11,7 @@ from a3c.checkpoint import CheckpointError
 from a3c.config import ARCHS, OPTIMIZERS, Config, ConfigError, build_config
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +63,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--arch", choices=ARCHS, help="conv trunk for frames: 'paper' (Mnih et al.) or 'small' (4 x 3x3 conv)"
     )
     algo.add_argument("--hidden-size", dest="hidden_size", type=int, help="width of the fc layer and the LSTM")
+    algo.add_argument(
+        "--standardize-frames",
+        dest="standardize_frames",
+        action=argparse.BooleanOptionalAction,
+        help="feed each frame centred on its mean and scaled by its spread, instead of pixels / 255",
+    )
 
     env = p.add_argument_group("environment")
     env.add_argument(
@@ -99,9 +106,31 @@ def make_parser() -> argparse.ArgumentParser:
     stop.add_argument("--save-interval", dest="save_interval_s", type=float, help="seconds between checkpoints")
     stop.add_argument("--checkpoint-dir", dest="checkpoint_dir", help="where <game>.pt goes")
     stop.add_argument("--plot-dir", dest="plot_dir", help="where <game>.csv and <game>.png go")
+    stop.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, help="also log scalars for TensorBoard")
+    stop.add_argument("--tensorboard-dir", dest="tensorboard_dir", help="where TensorBoard runs go")
+
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument(
+        "--evaluate", action="store_true", help="play whole games with the trained model instead of training"
+    )
+    ev.add_argument("--episodes", dest="eval_episodes", type=int, help="games per evaluation")
+    ev.add_argument(
+        "--greedy",
+        dest="eval_greedy",
+        action=argparse.BooleanOptionalAction,
+        help="evaluate with the most probable action instead of sampling the policy",
+    )
+    ev.add_argument("--record", metavar="PATH", help="with --evaluate: write the best game to PATH (.gif or .mp4)")
+    ev.add_argument("--checkpoint", metavar="PATH", help="with --evaluate: the checkpoint (default: the game's)")
+    ev.add_argument(
+        "--eval-interval",
+        dest="eval_interval_s",
+        type=float,
+        help="while training, score the model every so many seconds in an extra process (0 = off; costs a core)",
+    )
     defaults = Config()
     for action in p._actions:  # show Config's defaults (the parser itself holds none, see argument_default)
-        if action.help and hasattr(defaults, action.dest) and action.dest not in ("use_trained", "serial"):
+        if action.help and hasattr(defaults, action.dest) and action.dest not in ("use_trained", "serial", "evaluate"):
             action.help += f" (default: {getattr(defaults, action.dest)})"
     return p
 
@@ -114,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     verbose = args.pop("verbose", False)
     plot_only = args.pop("plot_only", False)
+    evaluate = args.pop("evaluate", False)
+    record = args.pop("record", None)
+    checkpoint = args.pop("checkpoint", None)
     config_file = args.pop("config_file", None)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -123,9 +155,21 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         cfg = build_config(args, config_file)
-        from a3c import trainer  # imported late: torch and the ALE load only after the flags are good
+        if (record or checkpoint) and not evaluate:
+            raise ConfigError("--record and --checkpoint go with --evaluate")
+        # imported late: torch and the ALE load only after the flags are good
+        if evaluate:
+            from a3c import evaluate as evaluation
+
+            checkpoint = checkpoint or cfg.checkpoint_path
+            evaluation.evaluate_checkpoint(cfg, checkpoint, cfg.eval_episodes, cfg.eval_greedy, record)
+            return 0
+        from a3c import trainer
 
         return trainer.redraw_plot(cfg) if plot_only else trainer.train(cfg)
     except (ConfigError, CheckpointError) as error:
         print(f"a3c: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before training began, or a second Ctrl-C while it was stopping
+        print("\na3c: stopped at once by Ctrl-C; checkpoints on disk are the last complete saves", file=sys.stderr)
+        return EXIT_INTERRUPTED

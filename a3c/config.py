@@ -65,6 +65,7 @@ class Config:
     # Network: "paper" is Mnih et al.'s conv net; vector observations always get an MLP trunk.
     arch: str = "paper"
     hidden_size: int = 256
+    standardize_frames: bool = False  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
 
     # When to stop (0 / None: no such limit) and where outputs go.
     target_reward: float | None = None
@@ -75,6 +76,13 @@ class Config:
     plot_dir: str = "plots"
     use_trained: bool = False
     serial: bool = False  # run one worker in the parent process: for debugging and deterministic tests
+
+    # Evaluation (--evaluate, and the evaluator process of a run when eval_interval_s > 0) and TensorBoard.
+    eval_interval_s: float = 0.0
+    eval_episodes: int = 10
+    eval_greedy: bool = False  # the most probable action instead of a sample from the policy
+    tensorboard: bool = False
+    tensorboard_dir: str = "runs"
 
     @property
     def run_name(self) -> str:
@@ -139,6 +147,11 @@ class Config:
             f"max_seconds must be >= 0 (0 = no limit), got {self.max_seconds}",
         )
         need(self.save_interval_s > 0, f"save_interval must be > 0 seconds, got {self.save_interval_s}")
+        need(
+            math.isfinite(self.eval_interval_s) and self.eval_interval_s >= 0,
+            f"eval_interval must be >= 0 seconds (0 = no evaluator), got {self.eval_interval_s}",
+        )
+        need(1 <= self.eval_episodes <= 100_000, f"episodes must be between 1 and 100000, got {self.eval_episodes}")
         need(bool(self.checkpoint_dir), "checkpoint_dir is empty")
         need(bool(self.plot_dir), "plot_dir is empty")
         if problems:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from a3c.config import Config
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each float32 [B, hidden]
 
@@ -29,31 +33,55 @@ class PixelConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * (1.0 / 255.0), self.bias)
 
 
-def _conv_trunk(arch: str, channels: int) -> nn.Sequential:
+def standardize_frames(obs: Tensor) -> Tensor:
+    """uint8 [N, C, H, W] -> float32, each observation shifted to mean 0 and scaled to std 1 over its pixels.
+
+    Atari frames are mostly a constant background; /255 passes that constant on and the small moving objects
+    (Pong's ball is 2x4 pixels) barely register, so a network can settle on features that ignore them. Centring
+    each frame removes the background and scaling by its spread makes the objects large. Stateless, unlike the
+    running mean/std of the classic repo's NormalizedEnv, so a checkpoint needs nothing beside its weights.
+    """
+    x = obs.float()
+    flat = x.flatten(1)
+    mean = flat.mean(1).view(-1, 1, 1, 1)
+    std = flat.std(1).clamp_min(1.0).view(-1, 1, 1, 1)  # a blank frame (std 0) stays all zeros
+    return (x - mean) / std
+
+
+def _conv_trunk(arch: str, channels: int, standardized: bool) -> nn.Sequential:
+    first = nn.Conv2d if standardized else PixelConv2d
     if arch == "paper":
         # Mnih et al. 2016 (after Mnih et al. 2015): 16 8x8 filters stride 4, 32 4x4 filters stride 2.
         return nn.Sequential(
-            PixelConv2d(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
+            first(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
         )
     # "small": four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent.
-    layers: list[nn.Module] = [PixelConv2d(channels, 32, 3, stride=2, padding=1), nn.ELU()]
+    layers: list[nn.Module] = [first(channels, 32, 3, stride=2, padding=1), nn.ELU()]
     for _ in range(3):
         layers += [nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU()]
     return nn.Sequential(*layers, nn.Flatten())
 
 
 class ActorCritic(nn.Module):
-    """The A3C network. Image observations are uint8 [B, C, H, W] (0-255, scaled by the first conv); vectors are
-    float32 [B, D]."""
+    """The A3C network. Image observations are uint8 [B, C, H, W]: 0-255, scaled by the first conv, or each frame
+    standardized when standardize_frames is set. Vectors are float32 [B, D]."""
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, hidden_size: int = 256, arch: str = "paper"):
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        hidden_size: int = 256,
+        arch: str = "paper",
+        standardize_frames: bool = False,
+    ):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
         self.hidden_size = hidden_size
         self.is_image = len(self.obs_shape) == 3
+        self.standardize = standardize_frames and self.is_image
         if self.is_image:
-            conv = _conv_trunk(arch, self.obs_shape[0])
+            conv = _conv_trunk(arch, self.obs_shape[0], self.standardize)
             with torch.no_grad():
                 flat = conv(torch.zeros(1, *self.obs_shape)).shape[1]
             self.trunk = nn.Sequential(conv, nn.Linear(flat, hidden_size), nn.ReLU())
@@ -89,6 +117,8 @@ class ActorCritic(nn.Module):
 
     def features(self, obs: Tensor) -> Tensor:
         """Trunk output float32 [N, hidden] for N observations."""
+        if self.standardize:
+            return self.trunk(standardize_frames(obs).contiguous(memory_format=torch.channels_last))
         if self.is_image:  # uint8 -> channels_last first: the cheap copy is the 1-byte one
             return self.trunk(obs.contiguous(memory_format=torch.channels_last).float())
         return self.trunk(obs.float())
@@ -130,3 +160,30 @@ class ActorCritic(nn.Module):
             outputs.append(out)
         logits, values = self._heads(torch.cat(outputs))
         return logits, values
+
+
+def model_spec(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> dict[str, Any]:
+    """What a checkpoint's network must match to be loaded (plain data, stored in the checkpoint)."""
+    return {
+        "obs_shape": list(obs_shape),
+        "num_actions": num_actions,
+        "arch": cfg.arch,
+        "hidden_size": cfg.hidden_size,
+        "standardize_frames": cfg.standardize_frames,
+    }
+
+
+def build_model(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> tuple[ActorCritic, dict[str, Any]]:
+    """A fresh network for a game's observation shape and action count, and its spec."""
+    model = ActorCritic(obs_shape, num_actions, cfg.hidden_size, cfg.arch, cfg.standardize_frames)
+    return model, model_spec(cfg, obs_shape, num_actions)
+
+
+def sample_actions(logits: Tensor, rng: np.random.Generator) -> np.ndarray:
+    """Sample one action per row from softmax(logits) [B, A] by inverse CDF: int64 [B].
+
+    A tenth of the cost of torch.multinomial at batch 1, and seeded by the caller's generator."""
+    probs = F.softmax(logits, dim=-1).numpy()
+    cdf = probs.cumsum(axis=1)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+    return np.minimum((u > cdf).sum(axis=1), probs.shape[1] - 1)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from a3c.model import ActorCritic
+from a3c.model import ActorCritic, PixelConv2d, standardize_frames
 
 ATARI_SHAPE = (4, 84, 84)
 
@@ -129,3 +129,31 @@ def test_forward_rollout_gradients_reach_every_parameter():
     logits, values = model.forward_rollout(random_frames(3, 1), model.initial_state(1), torch.zeros(3, 1))
     (logits.sum() + values.sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_standardize_frames_centres_and_scales_each_observation():
+    """Each observation comes out with mean 0 and std 1 over its pixels; a blank frame stays all zeros."""
+    frames = random_frames(3)
+    frames[1] = 87  # a blank frame: one background colour
+    frames[2, :, 40:42, 40:44] = 236  # a "ball" on a blank background becomes a large value
+    frames[2, :, :40] = 87
+    frames[2, :, 42:] = 87
+    frames[2, :, 40:42, :40] = 87
+    frames[2, :, 40:42, 44:] = 87
+    x = standardize_frames(frames)
+    assert x.dtype == torch.float32 and x.shape == frames.shape
+    assert_close(x[0].mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    assert_close(x[0].std(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    assert not x[1].any()
+    assert x[2, 0, 40, 40] > 20 * x[2, 0, 0, 0].abs()
+
+
+def test_standardized_model_ignores_brightness_and_uses_plain_first_conv():
+    """With standardize_frames the first conv is a plain Conv2d and a uniform brightness shift changes nothing."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=32, arch="small", standardize_frames=True)
+    assert type(layers(model.trunk, nn.Conv2d)[0]) is nn.Conv2d
+    frames = torch.randint(0, 200, (2, *ATARI_SHAPE), dtype=torch.uint8)
+    state = model.initial_state(2)
+    assert_close(model(frames, state).logits, model(frames + 50, state).logits, atol=1e-4, rtol=1e-4)
+    plain = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=32, arch="small")
+    assert type(layers(plain.trunk, nn.Conv2d)[0]) is PixelConv2d
