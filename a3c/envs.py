@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -30,19 +32,31 @@ def register_ale() -> None:
         _registered = True
 
 
+def _registered_id(env_name: str) -> str:
+    """The registry id of env_name; 'package.module:Game-v0' first imports the module that registers Game-v0
+    (gymnasium's own syntax, which gym.make also understands, in every worker process)."""
+    register_ale()
+    module, _, env_id = env_name.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"cannot import {module!r} for {env_name!r}: {error}") from None
+    return env_id
+
+
 def is_atari(env_name: str) -> bool:
     """True for ids whose entry point is the ALE."""
-    register_ale()
-    spec = gym.spec(env_name)
+    spec = gym.spec(_registered_id(env_name))
     return "ale_py" in str(spec.entry_point)
 
 
 def check_env_id(env_name: str) -> None:
     """Raise ConfigError for an unknown id, suggesting the close ones."""
-    register_ale()
-    if env_name in gym.envs.registry:
+    env_id = _registered_id(env_name)
+    if env_id in gym.envs.registry:
         return
-    close = difflib.get_close_matches(env_name, list(gym.envs.registry), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. PongNoFrameskip-v4, ALE/Breakout-v5, CartPole-v1"
     raise ConfigError(f"unknown environment id {env_name!r}{hint}")
 
@@ -105,17 +119,50 @@ def _needs_fire(env: gym.Env) -> bool:
     return len(meanings) >= 3 and meanings[1] == "FIRE"
 
 
-def make_env(cfg: Config, seed: int, training: bool = True, render_mode: str | None = None) -> gym.Env:
-    """Build one environment (not yet reset: the caller resets it with its seed): Atari ids get the paper's preprocessing, others (CartPole) come as they are.
+class RecordFrames(gym.Wrapper):
+    """Hand every frame the game renders (full colour, every emulator frame) to sink(frame: uint8 [H, W, 3]).
+
+    Sits directly on the base env, under the frame skipping, so a video runs at the game's own frame rate.
+    """
+
+    def __init__(self, env: gym.Env, sink: Callable[[np.ndarray], None]) -> None:
+        super().__init__(env)
+        self.sink = sink
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        result = self.env.reset(**kwargs)
+        self.sink(self.env.render())
+        return result
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        result = self.env.step(action)
+        self.sink(self.env.render())
+        return result
+
+
+def make_env(
+    cfg: Config,
+    seed: int,
+    training: bool = True,
+    render_mode: str | None = None,
+    frame_sink: Callable[[np.ndarray], None] | None = None,
+) -> gym.Env:
+    """Build one environment (not yet reset: the caller resets it with its seed): Atari ids get the paper's
+    preprocessing, others (CartPole) come as they are.
 
     Atari observations are uint8 [frame_stack, frame_size, frame_size]. Rewards are clipped to their sign only
     when training and cfg.clip_rewards; info["episode"]["r"] is always the real score of a whole game.
+    frame_sink, if given, receives every rendered colour frame (for videos; implies render_mode rgb_array).
     """
     atari = is_atari(cfg.env_name)
+    if frame_sink is not None:
+        render_mode = "rgb_array"
     if atari:
         # Frame skipping is AtariPreprocessing's job (max over the last two frames), so the base env must not skip.
         # v5 ids keep their sticky actions: that is the v5 protocol.
         env = gym.make(cfg.env_name, frameskip=1, render_mode=render_mode)
+        if frame_sink is not None:
+            env = RecordFrames(env, frame_sink)
         env = AtariPreprocessing(
             env,
             noop_max=cfg.noop_max,
@@ -130,6 +177,8 @@ def make_env(cfg: Config, seed: int, training: bool = True, render_mode: str | N
         env = LifeLoss(env)
     else:
         env = gym.make(cfg.env_name, render_mode=render_mode)
+        if frame_sink is not None:
+            env = RecordFrames(env, frame_sink)
     if cfg.ep_length > 0:
         env = TimeLimit(env, max_episode_steps=cfg.ep_length)
     env = RecordEpisodeStatistics(env)
@@ -148,7 +197,12 @@ def frames_per_step(cfg: Config) -> int:
 
 def env_spaces(cfg: Config) -> tuple[tuple[int, ...], int]:
     """(observation shape, number of actions) of the configured game; raises ConfigError for unusable games."""
-    env = make_env(cfg, seed=cfg.seed, training=False)
+    try:
+        env = make_env(cfg, seed=cfg.seed, training=False)
+    except ConfigError:
+        raise
+    except Exception as error:  # a broken or misconfigured third-party env: say which, in one line
+        raise ConfigError(f"cannot create {cfg.env_name}: {type(error).__name__}: {error}") from None
     try:
         if not isinstance(env.action_space, gym.spaces.Discrete):
             raise ConfigError(

@@ -10,7 +10,53 @@ from pathlib import Path
 from typing import NamedTuple
 
 COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
+# Beside <game>.csv: the workers' mean losses every few seconds, and the evaluator's scores.
+LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "updates")
+EVAL_COLUMNS = ("time_s", "frames", "games", "mean", "std", "min", "max")
 WINDOW = 100
+
+
+def side_paths(csv_path: str | Path) -> tuple[Path, Path]:
+    """The loss CSV and the evaluation CSV that go beside a run's per-game CSV."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(f"{csv_path.stem}-losses.csv"), csv_path.with_name(f"{csv_path.stem}-eval.csv")
+
+
+class SideLog:
+    """An append-only CSV of rows keyed by frames. On resume it keeps the rows the checkpoint had seen."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]):
+        self.path, self.columns = path, columns
+        self._file = None
+
+    def open(self, keep_up_to_frames: int | None) -> None:
+        """Start the file afresh, or (resuming) keep its rows with frames <= keep_up_to_frames; then append."""
+        kept: list[list[str]] = []
+        if keep_up_to_frames is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.reader(f)
+                if next(reader, None) == list(self.columns):
+                    kept = [
+                        row for row in reader if len(row) == len(self.columns) and float(row[1]) <= keep_up_to_frames
+                    ]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            writer.writerows(kept)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", newline="")
+
+    def add(self, row: dict[str, float]) -> None:
+        if self._file is not None:
+            csv.writer(self._file).writerow([row[c] for c in self.columns])
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class GameResult(NamedTuple):
@@ -39,8 +85,12 @@ def format_count(n: float) -> str:
 class Metrics:
     """Every game of a run (continued across resumes), the average of the last 100 and the best such average."""
 
-    def __init__(self, csv_path: str | Path, history: dict[str, list] | None = None):
+    def __init__(self, csv_path: str | Path, history: dict[str, list] | None = None, resumed_frames: int | None = None):
         self.csv_path = Path(csv_path)
+        self.resumed_frames = resumed_frames
+        loss_path, eval_path = side_paths(self.csv_path)
+        self.losses = SideLog(loss_path, LOSS_COLUMNS)
+        self.evals = SideLog(eval_path, EVAL_COLUMNS)
         self.rows: list[dict[str, float]] = []
         self.recent: deque[float] = deque(maxlen=WINDOW)
         self.best_avg = -math.inf
@@ -93,11 +143,28 @@ class Metrics:
             writer.writerows([row[c] for c in COLUMNS] for row in self.rows)
         os.replace(tmp, self.csv_path)
         self._file = open(self.csv_path, "a", newline="")
+        self.losses.open(self.resumed_frames)
+        self.evals.open(self.resumed_frames)
+
+    def add_losses(self, time_s: float, frames: int, worker: int, losses: dict[str, float]) -> None:
+        """A worker's mean policy loss, value loss and policy entropy over its last few seconds of updates."""
+        self.losses.add({"time_s": round(time_s, 3), "frames": frames, "worker": worker, **losses})
+
+    def add_eval(self, time_s: float, frames: int, scores: list[float]) -> dict[str, float]:
+        """The evaluator's games on the model as it was at `frames`; returns the row."""
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores))
+        row = {"time_s": round(time_s, 3), "frames": frames, "games": len(scores), "mean": mean, "std": round(std, 4)}
+        row |= {"min": min(scores), "max": max(scores)}
+        self.evals.add(row)
+        return row
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self.losses.close()
+        self.evals.close()
 
     def state(self) -> dict[str, list]:
         """Plain-data history for the checkpoint (loads under weights_only)."""

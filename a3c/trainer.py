@@ -20,7 +20,7 @@ from a3c.checkpoint import FORMAT, VERSION, CheckpointError, check_compatible, l
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
 from a3c.metrics import GameResult, Metrics, format_duration, read_csv
-from a3c.model import ActorCritic
+from a3c.model import build_model
 from a3c.plotting import plot_training
 from a3c.shared_optim import make_optimizer
 from a3c.worker import SharedState, Worker, WorkerFailure, WorkerStats, run_worker
@@ -32,17 +32,9 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 MAX_WORKER_DEATHS = 5  # deaths of one rank within DEATH_WINDOW_S that end the run
 DEATH_WINDOW_S = 600.0
-
-
-def model_spec(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> dict[str, Any]:
-    """What a checkpoint's network must match to be loaded."""
-    return {"obs_shape": list(obs_shape), "num_actions": num_actions, "arch": cfg.arch, "hidden_size": cfg.hidden_size}
-
-
-def build_model(cfg: Config) -> tuple[ActorCritic, dict[str, Any]]:
-    """A fresh network for the configured game, and its spec."""
-    obs_shape, num_actions = env_spaces(cfg)
-    return ActorCritic(obs_shape, num_actions, cfg.hidden_size, cfg.arch), model_spec(cfg, obs_shape, num_actions)
+INTERRUPTED = "interrupted (Ctrl-C)"
+SKIP_WINDOW_S = 30.0  # non-finite updates: more skipped than applied in this window, and at least
+MIN_SKIPPED_TO_STOP = 20  # this many, end the run
 
 
 def plot_title(env_name: str, n_workers: int, opt: str) -> str:
@@ -73,7 +65,7 @@ class Trainer:
         check_writable(cfg.checkpoint_dir)
         check_writable(cfg.plot_dir)
         torch.manual_seed(cfg.seed)  # the shared model's initial weights follow --seed
-        self.model, self.spec = build_model(cfg)
+        self.model, self.spec = build_model(cfg, *env_spaces(cfg))
         self.optimizer = make_optimizer(
             cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
         )
@@ -92,10 +84,12 @@ class Trainer:
             stop=self.ctx.Event(),
             results=self.ctx.Queue(),
         )
-        self.metrics = Metrics(cfg.csv_path, history)
+        resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
+        self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
         self.processes: dict[int, Any] = {}
         self.worker_stats: dict[int, WorkerStats] = {}
         self.deaths: dict[int, deque[float]] = {}
+        self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
         self.stop_reason: str | None = None
         self.exit_status = EXIT_OK
         self.start_time = time.monotonic()
@@ -191,10 +185,35 @@ class Trainer:
             elif isinstance(record, WorkerFailure):
                 log.error("worker-%d failed:\n%s", record.worker, record.traceback.rstrip())
 
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        """First Ctrl-C: stop cleanly (workers, checkpoint, plot). A second one: stop at once."""
+        if self.stop_reason == INTERRUPTED:
+            raise KeyboardInterrupt
+        self.stop_reason = None  # Ctrl-C outranks a stop already under way, for the exit status
+        self._request_stop(INTERRUPTED, EXIT_INTERRUPTED)
+        if sys.stderr.isatty():
+            print("\na3c: stopping: saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
     def _request_stop(self, reason: str, status: int = EXIT_OK) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.exit_status = status
+
+    def _check_skipped(self, now: float) -> None:
+        """End the run when most recent updates came out non-finite: the model would only stand still."""
+        updates, skipped = self.shared.updates.value, self.shared.skipped_updates.value
+        window = self.update_window
+        window.append((now, updates, skipped))
+        while now - window[0][0] > SKIP_WINDOW_S:
+            window.popleft()
+        _, updates_then, skipped_then = window[0]
+        new_skipped, applied = skipped - skipped_then, updates - updates_then
+        if new_skipped >= MIN_SKIPPED_TO_STOP and new_skipped > applied:
+            self._request_stop(
+                f"{new_skipped} of the last {new_skipped + applied} updates had a non-finite loss or gradient and were "
+                "skipped; the model holds the last good weights (try a lower --lr or --max-grad-norm)",
+                EXIT_FAILED,
+            )
 
     def _check_stop(self, session_s: float) -> None:
         cfg, frames = self.cfg, self.shared.frames.value
@@ -255,6 +274,7 @@ class Trainer:
         """Train until a stop condition; save, draw, join every worker; return the exit status."""
         cfg = self.cfg
         previous_term = signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
+        previous_int = signal.signal(signal.SIGINT, self._on_ctrl_c)
         self.metrics.open_csv()
         tty = sys.stdout.isatty()
         session_start = time.monotonic()
@@ -280,6 +300,7 @@ class Trainer:
                     self._drain(timeout=0.25)
                     self._check_workers()
                 now = time.monotonic()
+                self._check_skipped(now)
                 self._check_stop(now - session_start)
                 if now - last_save >= cfg.save_interval_s:
                     self.save()
@@ -294,8 +315,6 @@ class Trainer:
                     line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
                     print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
                     last_print = now
-        except KeyboardInterrupt:
-            self._request_stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
         finally:
             signal.signal(signal.SIGTERM, previous_term)
             if tty:
@@ -306,6 +325,7 @@ class Trainer:
             self._stop_workers()
             self.save()
             self.metrics.close()
+            signal.signal(signal.SIGINT, previous_int)
         games = (
             f"{self.metrics.games} games, average of last 100 {self.metrics.avg100:.2f}, best {self.metrics.best_avg:.2f}"
             if self.metrics.games

@@ -12,14 +12,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from a3c.config import Config
 from a3c.envs import frames_per_step, make_env
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.metrics import GameResult
-from a3c.model import ActorCritic, LSTMState
+from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
 from a3c.shared_optim import hand_over_gradients
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class Worker:
         self.envs = [make_env(cfg, seed=cfg.seed + rank * num + k) for k in range(num)]
         self.frame_skip = frames_per_step(cfg)
         model = shared.model
-        self.model = ActorCritic(model.obs_shape, model.num_actions, cfg.hidden_size, cfg.arch)
+        self.model, _ = build_model(cfg, model.obs_shape, model.num_actions)
         self.params = list(self.model.parameters())
         dtype = torch.uint8 if self.model.is_image else torch.float32
         self.obs = torch.empty((cfg.rollout_len + 1, num, *model.obs_shape), dtype=dtype)
@@ -133,7 +132,7 @@ class Worker:
             for t in range(steps):
                 t0 = clock()
                 logits, _, (h, c) = self.model(obs[t], (h, c))
-                action = self._sample(logits)
+                action = sample_actions(logits, self.rng)
                 actions[t] = torch.from_numpy(action)
                 t1 = clock()
                 inference_s += t1 - t0
@@ -161,15 +160,6 @@ class Worker:
         self.agent_steps += steps * num
         episode_ends = terminated | truncated
         return Rollout(obs, actions, rewards, terminated, episode_ends, truncated, truncation_values, resets, state)
-
-    def _sample(self, logits: Tensor) -> np.ndarray:
-        """Sample one action per env from softmax(logits) [B, A] by inverse CDF: int64 [B].
-
-        A tenth of the cost of torch.multinomial at batch 1, and seeded per worker."""
-        probs = F.softmax(logits, dim=-1).numpy()
-        cdf = probs.cumsum(axis=1)
-        u = self.rng.random((probs.shape[0], 1)) * cdf[:, -1:]
-        return np.minimum((u > cdf).sum(axis=1), probs.shape[1] - 1)
 
     def _report_game(self, k: int, info: dict, frames_done: int) -> None:
         episode = info.get("episode")
@@ -263,5 +253,8 @@ def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
     finally:
         if worker is not None:
             worker.close()
+            if not worker.parent_alive():
+                # Nobody reads the queue any more: exit without waiting for its feeder to flush into a full pipe.
+                shared.results.cancel_join_thread()
         # Let the queue's feeder thread flush what we put, so the trainer sees our last games.
         time.sleep(0.05)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import HAS_PROC, assert_no_survivors, run_main
 
 from a3c import cli
 from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import Config, build_config
+from a3c.envs import env_spaces
 from a3c.metrics import COLUMNS, GameResult, Metrics
-from a3c.trainer import Trainer, build_model
+from a3c.model import build_model
+from a3c.trainer import Trainer
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PONG = "PongNoFrameskip-v4"
 HEADER = ",".join(COLUMNS)
 
@@ -129,7 +127,7 @@ def write_mismatched_checkpoint(tmp_path: Path) -> Config:
     cfg = build_config(
         {"env_name": "CartPole-v1", "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
     )
-    model, spec = build_model(cfg)
+    model, spec = build_model(cfg, *env_spaces(cfg))
     weights = model.state_dict()
     del weights["value.bias"]
     payload = {
@@ -166,42 +164,11 @@ def test_resume_layout_error_names_the_keys(tmp_path: Path, capsys: pytest.Captu
 # -- the real command line, in a subprocess ----------------------------------------------------------------------
 
 
-def processes_with_marker(marker: str) -> list[int]:
-    """PIDs of live processes whose environment carries A3C_TEST_MARKER=marker (the run and its children)."""
-    needle = f"A3C_TEST_MARKER={marker}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path("/proc", entry, "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry))
-    return pids
-
-
-def assert_no_survivors(marker: str) -> None:
-    """No worker (nor resource tracker) of the finished run is still alive after a short grace period."""
-    deadline = time.monotonic() + 10.0
-    while (alive := processes_with_marker(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive, f"processes of the finished run still alive: {alive}"
-
-
-def run_main(args: list[str], marker: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "A3C_TEST_MARKER": marker}
-    return subprocess.run(
-        [sys.executable, "main.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240
-    )
-
-
 def csv_lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find leftover processes")
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find leftover processes")
 def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
     """main.py trains Pong with 2 workers, saves checkpoint/CSV/PNG, resumes with --use-trained, and leaves no process."""
     ck, pl = tmp_path / "ck", tmp_path / "pl"
