@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
+import gymnasium as gym
 import numpy as np
 import torch
 from PIL import Image
@@ -181,7 +182,10 @@ def game_fps(cfg: Config) -> int:
 def record_game(cfg: Config, model: ActorCritic, game: GameScore, greedy: bool, path: Path) -> GameScore:
     """Replay `game` (same seed, same policy) with every frame going to a video at path; returns the replay's score."""
     recorder = VideoRecorder(path, game_fps(cfg))
-    env = make_env(cfg, seed=game.seed, training=False, frame_sink=recorder.add)
+    try:
+        env = make_env(cfg, seed=game.seed, training=False, frame_sink=recorder.add)
+    except gym.error.DependencyNotInstalled as error:  # e.g. CartPole draws its frames with pygame
+        raise ConfigError(f"cannot record {cfg.env_name}: {error}") from None
     try:
         replay = play_game(model, env, game.seed, greedy, on_step=recorder.on_step)
     finally:

@@ -9,8 +9,11 @@ from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
+from a3c.config import ConfigError
+
 COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
-# Beside <game>.csv: the workers' mean losses every few seconds, and the evaluator's scores.
+# Beside <game>.csv: the workers' mean losses every few seconds (policy and value loss per update, i.e. summed over
+# the rollout's steps; entropy per step), and the evaluator's scores of whole games.
 LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "updates")
 EVAL_COLUMNS = ("time_s", "frames", "games", "mean", "std", "min", "max")
 WINDOW = 100
@@ -67,6 +70,28 @@ class GameResult(NamedTuple):
     score: float
     length: int
     frames: int
+
+
+class TensorBoard:
+    """Scalars for TensorBoard (torch's SummaryWriter) under log_dir; the tensorboard package is an optional extra."""
+
+    def __init__(self, log_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package: pip install 'a3c[tensorboard]' (or pip install tensorboard)"
+            ) from None
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(str(self.log_dir))
+
+    def add(self, frames: int, scalars: dict[str, float]) -> None:
+        """Log each scalar at x = emulator frames."""
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, frames)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 from a3c.checkpoint import FORMAT, VERSION, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
-from a3c.metrics import GameResult, Metrics, format_duration, read_csv
+from a3c.evaluate import EvalResult, run_evaluator
+from a3c.metrics import GameResult, Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
 from a3c.shared_optim import make_optimizer
@@ -86,7 +87,12 @@ class Trainer:
         )
         resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
         self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
+        self.tensorboard = None
+        if cfg.tensorboard:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.tensorboard = TensorBoard(Path(cfg.tensorboard_dir) / f"{cfg.run_name}-{stamp}")
         self.processes: dict[int, Any] = {}
+        self.evaluator: Any = None
         self.worker_stats: dict[int, WorkerStats] = {}
         self.deaths: dict[int, deque[float]] = {}
         self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
@@ -151,12 +157,19 @@ class Trainer:
                 return
             self._spawn(rank)
 
+    def _spawn_evaluator(self) -> None:
+        self.evaluator = self.ctx.Process(
+            target=run_evaluator, args=(self.cfg, self.shared), name="evaluator", daemon=True
+        )
+        self.evaluator.start()
+
     def _stop_workers(self) -> None:
         self.shared.stop.set()
+        processes = list(self.processes.values()) + ([self.evaluator] if self.evaluator is not None else [])
         deadline = time.monotonic() + 10.0
-        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
+        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
             self._drain(timeout=0.1)  # a worker cannot exit while its queue feeder holds unread records
-        for process in self.processes.values():
+        for process in processes:
             if process.is_alive():
                 process.terminate()
             process.join(timeout=5.0)
@@ -179,11 +192,28 @@ class Trainer:
                 return
             block = False
             if isinstance(record, GameResult):
-                self.metrics.add(record, self._elapsed())
+                row = self.metrics.add(record, self._elapsed())
+                self._to_tensorboard(record.frames, {"game/score": row["score"], "game/avg100": row["avg100"]})
             elif isinstance(record, WorkerStats):
                 self.worker_stats[record.worker] = record
+                if record.losses:
+                    frames = int(self.shared.frames.value)
+                    self.metrics.add_losses(self._elapsed(), frames, record.worker, record.losses)
+                    self._to_tensorboard(frames, {f"train/{k}": v for k, v in record.losses.items() if k != "updates"})
+            elif isinstance(record, EvalResult):
+                row = self.metrics.add_eval(self._elapsed(), record.frames, record.scores)
+                log.info(
+                    "evaluation at %s frames: mean %.2f +- %.2f over %d games",
+                    f"{record.frames:,}", row["mean"], row["std"], row["games"],
+                )  # fmt: skip
+                self._to_tensorboard(record.frames, {"eval/mean": row["mean"], "eval/std": row["std"]})
             elif isinstance(record, WorkerFailure):
-                log.error("worker-%d failed:\n%s", record.worker, record.traceback.rstrip())
+                who = "the evaluator" if record.worker < 0 else f"worker-{record.worker}"
+                log.error("%s failed:\n%s", who, record.traceback.rstrip())
+
+    def _to_tensorboard(self, frames: int, scalars: dict[str, float]) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.add(frames, scalars)
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
         """First Ctrl-C: stop cleanly (workers, checkpoint, plot). A second one: stop at once."""
@@ -287,6 +317,8 @@ class Trainer:
             else:
                 for rank in range(cfg.n_workers):
                     self._spawn(rank)
+            if cfg.eval_interval_s > 0:
+                self._spawn_evaluator()
             print(
                 f"a3c: training {cfg.env_name} with {cfg.n_workers} worker(s) x {cfg.envs_per_worker} env(s), "
                 f"--opt {cfg.opt} --lr {cfg.lr:g}; checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
@@ -312,6 +344,7 @@ class Trainer:
                         rate_window.popleft()
                     (t0, f0) = rate_window[0]
                     fps = (frames - f0) / (now - t0) if now > t0 else 0.0
+                    self._to_tensorboard(frames, {"perf/frames_per_s": fps, "train/lr": cfg.lr})
                     line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
                     print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
                     last_print = now
@@ -325,6 +358,8 @@ class Trainer:
             self._stop_workers()
             self.save()
             self.metrics.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             signal.signal(signal.SIGINT, previous_int)
         games = (
             f"{self.metrics.games} games, average of last 100 {self.metrics.avg100:.2f}, best {self.metrics.best_avg:.2f}"

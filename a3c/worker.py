@@ -51,11 +51,13 @@ class WorkerFailure(NamedTuple):
 
 
 class WorkerStats(NamedTuple):
-    """Where a worker's time went since it started, in seconds, with the agent steps it took (for profiling)."""
+    """Where a worker's time went since it started, in seconds, with the agent steps it took (for profiling), and
+    its mean policy loss, value loss and policy entropy (per step) over the updates since its last report."""
 
     worker: int
     agent_steps: int
     seconds: dict[str, float]
+    losses: dict[str, float]
 
 
 STATS_INTERVAL_S = 5.0
@@ -106,6 +108,8 @@ class Worker:
         self.seconds = dict.fromkeys(("env", "inference", "learn", "sync", "waiting"), 0.0)
         self.agent_steps = 0
         self.last_stats = time.perf_counter()
+        self.loss_sums = dict.fromkeys(("policy_loss", "value_loss", "entropy"), 0.0)
+        self.loss_count = 0
 
     def sync(self) -> None:
         """Copy the shared weights into the local model (the paper's 'synchronize thread-specific parameters')."""
@@ -213,12 +217,20 @@ class Worker:
         if loss is not None:
             with self.shared.updates.get_lock():
                 self.shared.updates.value += 1
+            self.loss_sums["policy_loss"] += float(loss.policy)
+            self.loss_sums["value_loss"] += float(loss.value)
+            self.loss_sums["entropy"] += float(loss.entropy)
+            self.loss_count += 1
         t4 = clock()
         self.seconds["sync"] += t1 - t0
         self.seconds["learn"] += t3 - t2
         self.seconds["waiting"] += t4 - t3
         if t4 - self.last_stats >= STATS_INTERVAL_S:
-            self.shared.results.put(WorkerStats(self.rank, self.agent_steps, dict(self.seconds)))
+            count = self.loss_count
+            losses = {k: v / count for k, v in self.loss_sums.items()} | {"updates": count} if count else {}
+            self.shared.results.put(WorkerStats(self.rank, self.agent_steps, dict(self.seconds), losses))
+            self.loss_sums = dict.fromkeys(self.loss_sums, 0.0)
+            self.loss_count = 0
             self.last_stats = t4
         return loss
 
