@@ -181,3 +181,19 @@ def test_boolean_optional_flags():
     """--no-clip-rewards and --terminal-on-life-loss map to the Config booleans."""
     args = vars(cli.make_parser().parse_args(["--no-clip-rewards", "--terminal-on-life-loss"]))
     assert args["clip_rewards"] is False and args["terminal_on_life_loss"] is True
+
+
+def test_unwritable_checkpoint_dir_is_reported_before_training(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A checkpoint directory that cannot be created or written: one line, exit 2, before any worker starts."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = ["--env-name", "CartPole-v1", "--checkpoint-dir", str(blocker / "ck"), "--plot-dir", str(tmp_path / "pl")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and "choose another directory" in err and "Traceback" not in err
+    assert not (tmp_path / "pl" / "CartPole-v1.csv").exists()  # nothing started
+
+
+def test_more_workers_than_makes_sense_is_refused(capsys: pytest.CaptureFixture):
+    assert cli.main(["--env-name", "CartPole-v1", "--n-workers", "1000"]) == 2
+    assert "n_workers must be between 1 and 256" in capsys.readouterr().err
