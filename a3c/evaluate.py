@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import statistics
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces, is_atari, make_env
+from a3c.metrics import summarize
 from a3c.model import ActorCritic, build_model, sample_actions
 from a3c.worker import SharedState, WorkerFailure
 
@@ -46,17 +46,6 @@ class EvalResult(NamedTuple):
 
     frames: int
     scores: list[float]
-
-
-def summarize(scores: list[float]) -> dict[str, float]:
-    """mean, std (population), min, max and number of games."""
-    return {
-        "mean": statistics.fmean(scores),
-        "std": statistics.pstdev(scores),
-        "min": min(scores),
-        "max": max(scores),
-        "games": len(scores),
-    }
 
 
 def load_trained(cfg: Config, path: str | Path) -> tuple[ActorCritic, Config]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import statistics
 from collections import deque
 from pathlib import Path
 from typing import NamedTuple
@@ -17,6 +18,17 @@ COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
 LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "updates")
 EVAL_COLUMNS = ("time_s", "frames", "games", "mean", "std", "min", "max")
 WINDOW = 100
+
+
+def summarize(scores: list[float]) -> dict[str, float]:
+    """mean, std (population), min, max and number of games of a list of whole-game scores."""
+    return {
+        "mean": statistics.fmean(scores),
+        "std": statistics.pstdev(scores),
+        "min": min(scores),
+        "max": max(scores),
+        "games": len(scores),
+    }
 
 
 def side_paths(csv_path: str | Path) -> tuple[Path, Path]:
@@ -177,10 +189,8 @@ class Metrics:
 
     def add_eval(self, time_s: float, frames: int, scores: list[float]) -> dict[str, float]:
         """The evaluator's games on the model as it was at `frames`; returns the row."""
-        mean = sum(scores) / len(scores)
-        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores))
-        row = {"time_s": round(time_s, 3), "frames": frames, "games": len(scores), "mean": mean, "std": round(std, 4)}
-        row |= {"min": min(scores), "max": max(scores)}
+        stats = summarize(scores)
+        row = {"time_s": round(time_s, 3), "frames": frames, **stats, "std": round(stats["std"], 4)}
         self.evals.add(row)
         return row
 
