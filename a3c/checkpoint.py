@@ -104,7 +104,7 @@ def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[st
             "or another --checkpoint-dir"
         )
     # Keys added after version 1 default to what older checkpoints were trained with.
-    saved = {"standardize_frames": False} | payload["model_spec"]
+    saved = {"standardize_frames": False, "fc_layer": True} | payload["model_spec"]
     differences = [f"{key} {saved.get(key)} vs {value}" for key, value in model_spec.items() if saved.get(key) != value]
     if differences:
         raise CheckpointError(

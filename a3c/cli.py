@@ -62,7 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
     algo.add_argument(
         "--arch", choices=ARCHS, help="conv trunk for frames: 'paper' (Mnih et al.) or 'small' (4 x 3x3 conv)"
     )
-    algo.add_argument("--hidden-size", dest="hidden_size", type=int, help="width of the fc layer and the LSTM")
+    algo.add_argument("--hidden-size", dest="hidden_size", type=int, help="width of the LSTM (and of the fc layer)")
     algo.add_argument(
         "--standardize-frames",
         dest="standardize_frames",
@@ -70,11 +70,22 @@ def make_parser() -> argparse.ArgumentParser:
         help="feed each frame centred on its mean and scaled by its spread, instead of pixels / 255",
     )
 
+    algo.add_argument(
+        "--fc-layer",
+        dest="fc_layer",
+        action=argparse.BooleanOptionalAction,
+        help="an fc layer between the conv trunk and the LSTM (--no-fc-layer: conv features straight into the LSTM)",
+    )
+
     env = p.add_argument_group("environment")
     env.add_argument(
         "--ep-length", dest="ep_length", type=int, help="cap on an episode's agent steps (0 = the game's own limit)"
     )
     env.add_argument("--frame-size", dest="frame_size", type=int, help="side of the square grayscale frame")
+    env.add_argument("--crop-top", dest="crop_top", type=int, help="screen rows cut off at the top before resizing")
+    env.add_argument(
+        "--crop-bottom", dest="crop_bottom", type=int, help="screen rows cut off at the bottom before resizing"
+    )
     env.add_argument("--frame-stack", dest="frame_stack", type=int, help="frames stacked into one observation")
     env.add_argument("--noop-max", dest="noop_max", type=int, help="most no-op actions at the start of a game")
     env.add_argument(

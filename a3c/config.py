@@ -59,6 +59,8 @@ class Config:
     frame_size: int = 84
     frame_stack: int = 4
     noop_max: int = 30
+    crop_top: int = 0  # screen rows cut off above and below before resizing (Pong: the score and the walls)
+    crop_bottom: int = 0
     terminal_on_life_loss: bool = False
     clip_rewards: bool = True
 
@@ -66,6 +68,7 @@ class Config:
     arch: str = "paper"
     hidden_size: int = 256
     standardize_frames: bool = False  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
+    fc_layer: bool = True  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
 
     # When to stop (0 / None: no such limit) and where outputs go.
     target_reward: float | None = None
@@ -136,6 +139,11 @@ class Config:
         need(16 <= self.frame_size <= 256, f"frame_size must be between 16 and 256, got {self.frame_size}")
         need(1 <= self.frame_stack <= 16, f"frame_stack must be between 1 and 16, got {self.frame_stack}")
         need(self.noop_max >= 0, f"noop_max must be >= 0, got {self.noop_max}")
+        need(
+            self.crop_top >= 0 and self.crop_bottom >= 0 and self.crop_top + self.crop_bottom <= 200,
+            f"crop_top and crop_bottom must be >= 0 and leave at least 10 of the screen's 210 rows, "
+            f"got {self.crop_top} and {self.crop_bottom}",
+        )
         need(1 <= self.hidden_size <= 4096, f"hidden_size must be between 1 and 4096, got {self.hidden_size}")
         need(
             self.target_reward is None or math.isfinite(self.target_reward),

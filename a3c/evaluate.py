@@ -29,7 +29,17 @@ log = logging.getLogger(__name__)
 
 ATARI_FPS = 60  # the 2600 draws 60 frames a second (NTSC); ALE's render_fps metadata means something else
 # Settings that shape the network or what it sees: an evaluation takes them from the checkpoint, not the flags.
-NETWORK_FIELDS = ("arch", "hidden_size", "standardize_frames", "frame_size", "frame_stack", "frame_skip")
+NETWORK_FIELDS = (
+    "arch",
+    "hidden_size",
+    "fc_layer",
+    "standardize_frames",
+    "frame_size",
+    "frame_stack",
+    "frame_skip",
+    "crop_top",
+    "crop_bottom",
+)
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 

@@ -73,18 +73,24 @@ class ActorCritic(nn.Module):
         hidden_size: int = 256,
         arch: str = "paper",
         standardize_frames: bool = False,
+        fc_layer: bool = True,
     ):
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
         self.hidden_size = hidden_size
+        lstm_input = hidden_size
         self.is_image = len(self.obs_shape) == 3
         self.standardize = standardize_frames and self.is_image
         if self.is_image:
             conv = _conv_trunk(arch, self.obs_shape[0], self.standardize)
             with torch.no_grad():
                 flat = conv(torch.zeros(1, *self.obs_shape)).shape[1]
-            self.trunk = nn.Sequential(conv, nn.Linear(flat, hidden_size), nn.ReLU())
+            if fc_layer:
+                self.trunk = nn.Sequential(conv, nn.Linear(flat, hidden_size), nn.ReLU())
+            else:  # the classic PyTorch A3C: conv features straight into the LSTM
+                self.trunk = conv
+                lstm_input = flat
         else:
             (size,) = self.obs_shape
             self.trunk = nn.Sequential(
@@ -92,7 +98,7 @@ class ActorCritic(nn.Module):
             )
         # One nn.LSTM serves both paths: its sequence kernel back-propagates a whole rollout about 3x faster on a CPU
         # than a loop of LSTMCell steps, and torch.lstm_cell with the same weights takes single steps.
-        self.lstm = nn.LSTM(hidden_size, hidden_size)
+        self.lstm = nn.LSTM(lstm_input, hidden_size)
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
         self._init_weights()
@@ -116,7 +122,7 @@ class ActorCritic(nn.Module):
         return zeros, zeros.clone()
 
     def features(self, obs: Tensor) -> Tensor:
-        """Trunk output float32 [N, hidden] for N observations."""
+        """Trunk output float32 [N, lstm input] for N observations."""
         if self.standardize:
             return self.trunk(standardize_frames(obs).contiguous(memory_format=torch.channels_last))
         if self.is_image:  # uint8 -> channels_last first: the cheap copy is the 1-byte one
@@ -170,12 +176,13 @@ def model_spec(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> dic
         "arch": cfg.arch,
         "hidden_size": cfg.hidden_size,
         "standardize_frames": cfg.standardize_frames,
+        "fc_layer": cfg.fc_layer,
     }
 
 
 def build_model(cfg: Config, obs_shape: tuple[int, ...], num_actions: int) -> tuple[ActorCritic, dict[str, Any]]:
     """A fresh network for a game's observation shape and action count, and its spec."""
-    model = ActorCritic(obs_shape, num_actions, cfg.hidden_size, cfg.arch, cfg.standardize_frames)
+    model = ActorCritic(obs_shape, num_actions, cfg.hidden_size, cfg.arch, cfg.standardize_frames, cfg.fc_layer)
     return model, model_spec(cfg, obs_shape, num_actions)
 
 
