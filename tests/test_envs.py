@@ -163,3 +163,36 @@ def test_check_env_id():
         check_env_id("Pongg-v4")
     with pytest.raises(ConfigError, match="e.g. PongNoFrameskip-v4"):
         check_env_id("Zzzzzzzzzzzzz-v0")
+
+
+def test_crop_cuts_rows_before_resizing():
+    """--crop-top/--crop-bottom resize only the kept rows of the pooled screen; no crop equals AtariPreprocessing."""
+    from a3c.envs import CroppedPreprocessing
+
+    cfg = Config(env_name="PongNoFrameskip-v4", frame_size=42, frame_stack=1, noop_max=0)
+    plain, cropped = make_env(cfg, seed=1), make_env(cfg.replace(crop_top=34, crop_bottom=16), seed=1)
+    try:
+        (plain_obs, _), (cropped_obs, _) = plain.reset(seed=1), cropped.reset(seed=1)
+        for _ in range(40):
+            plain_obs = plain.step(0)[0]
+            cropped_obs = cropped.step(0)[0]
+        layer = cropped
+        while not isinstance(layer, CroppedPreprocessing):
+            layer = layer.env
+        screen = layer.obs_buffer[0]  # the pooled 210x160 screen behind the last observation
+        import cv2
+
+        expected = cv2.resize(screen[34:194], (42, 42), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(np.asarray(cropped_obs)[0], expected)
+        np.testing.assert_array_equal(
+            np.asarray(plain_obs)[0], cv2.resize(screen, (42, 42), interpolation=cv2.INTER_AREA)
+        )
+        assert not np.array_equal(np.asarray(plain_obs), np.asarray(cropped_obs))
+    finally:
+        plain.close()
+        cropped.close()
+
+
+def test_crop_leaving_too_few_rows_is_a_config_error():
+    with pytest.raises(ConfigError, match="crop_top and crop_bottom"):
+        Config(crop_top=150, crop_bottom=60).validate()

@@ -157,3 +157,13 @@ def test_standardized_model_ignores_brightness_and_uses_plain_first_conv():
     assert_close(model(frames, state).logits, model(frames + 50, state).logits, atol=1e-4, rtol=1e-4)
     plain = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=32, arch="small")
     assert type(layers(plain.trunk, nn.Conv2d)[0]) is PixelConv2d
+
+
+def test_no_fc_layer_feeds_conv_features_to_the_lstm():
+    """fc_layer=False: the classic PyTorch A3C's net, 42x42 -> 4 convs -> 32x3x3 = 288 features into the LSTM."""
+    model = ActorCritic((1, 42, 42), num_actions=6, hidden_size=256, arch="small", fc_layer=False)
+    assert layers(model.trunk, nn.Linear) == []
+    assert (model.lstm.input_size, model.lstm.hidden_size) == (32 * 3 * 3, 256)
+    obs = torch.randint(0, 256, (4, 2, 1, 42, 42), dtype=torch.uint8)
+    logits, values = model.forward_rollout(obs, model.initial_state(2), torch.zeros(4, 2))
+    assert logits.shape == (4, 2, 6) and values.shape == (4, 2)
