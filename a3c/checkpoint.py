@@ -10,8 +10,11 @@ from typing import Any
 
 import torch
 
+from a3c.config import Config
+
 FORMAT = "a3c-checkpoint"
 VERSION = 1
+SPEC_KEYS_ADDED = ("standardize_frames", "fc_layer")  # model_spec keys that version-1 checkpoints may lack
 
 
 class CheckpointError(ValueError):
@@ -103,8 +106,8 @@ def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[st
             f"{path} was trained on {payload['env_name']}, not {env_name}: use --env-name {payload['env_name']} "
             "or another --checkpoint-dir"
         )
-    # Keys added after version 1 default to what older checkpoints were trained with.
-    saved = {"standardize_frames": False, "fc_layer": True} | payload["model_spec"]
+    # Keys added after version 1: older checkpoints were trained with what is now the setting's default.
+    saved = {key: getattr(Config, key) for key in SPEC_KEYS_ADDED} | payload["model_spec"]
     differences = [f"{key} {saved.get(key)} vs {value}" for key, value in model_spec.items() if saved.get(key) != value]
     if differences:
         raise CheckpointError(

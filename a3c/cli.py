@@ -69,7 +69,6 @@ def make_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="feed each frame centred on its mean and scaled by its spread, instead of pixels / 255",
     )
-
     algo.add_argument(
         "--fc-layer",
         dest="fc_layer",
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             from a3c import evaluate as evaluation
 
             checkpoint = checkpoint or cfg.checkpoint_path
-            evaluation.evaluate_checkpoint(cfg, checkpoint, cfg.eval_episodes, cfg.eval_greedy, record)
+            evaluation.evaluate_checkpoint(cfg, checkpoint, record)
             return 0
         from a3c import trainer
 

@@ -70,7 +70,8 @@ def load_trained(cfg: Config, path: str | Path) -> tuple[ActorCritic, Config]:
         )
     payload = load_checkpoint(path)
     saved = payload.get("config", {})
-    cfg = cfg.replace(**{name: saved[name] for name in NETWORK_FIELDS if name in saved})
+    if saved:  # a setting newer than the checkpoint was at its default (the behaviour before the setting existed)
+        cfg = cfg.replace(**{name: saved.get(name, getattr(Config, name)) for name in NETWORK_FIELDS})
     model, spec = build_model(cfg, *env_spaces(cfg))
     check_compatible(payload, cfg.env_name, spec, path)
     model.load_state_dict(payload["model"])
@@ -193,13 +194,10 @@ def record_game(cfg: Config, model: ActorCritic, game: GameScore, greedy: bool, 
     return replay
 
 
-def evaluate_checkpoint(
-    cfg: Config, checkpoint: str | Path, episodes: int, greedy: bool, record: str | Path | None
-) -> dict[str, Any]:
-    """Play `episodes` whole games with the saved model, print each and a summary, write <checkpoint>-eval.json,
-    and record the best game if asked. Returns the summary written."""
-    if episodes < 1:
-        raise ConfigError(f"--episodes must be at least 1, got {episodes}")
+def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, record: str | Path | None) -> dict[str, Any]:
+    """Play cfg.eval_episodes whole games with the saved model, print each and a summary, write
+    <checkpoint>-eval.json, and record the best game if asked. Returns the summary written."""
+    episodes, greedy = cfg.eval_episodes, cfg.eval_greedy
     video = check_video_path(record) if record else None
     checkpoint = Path(checkpoint)
     model, cfg = load_trained(cfg, checkpoint)

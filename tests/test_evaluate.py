@@ -160,3 +160,21 @@ def test_training_with_evaluator_losses_and_tensorboard(tmp_path: Path):
     tags = set(events.Tags()["scalars"])
     expected = {"game/score", "game/avg100", "train/entropy", "train/value_loss", "train/policy_loss"}
     assert expected | {"perf/frames_per_s", "train/lr", "eval/mean"} <= tags
+
+
+def test_checkpoint_older_than_a_setting_is_evaluated_with_its_default(cartpole_run, tmp_path: Path):
+    """A checkpoint saved before fc_layer / crop_* existed was trained without them: their defaults apply, not the
+    game config's or the flags' values."""
+    import torch
+
+    from a3c.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(cartpole_run.checkpoint_path)
+    for key in ("fc_layer", "crop_top", "crop_bottom"):
+        del payload["config"][key]
+    del payload["model_spec"]["fc_layer"]
+    old = tmp_path / "CartPole-v1.pt"
+    save_checkpoint(payload, old)
+    model, cfg = load_trained(cartpole_run.replace(fc_layer=False, crop_top=7, crop_bottom=3), old)
+    assert (cfg.fc_layer, cfg.crop_top, cfg.crop_bottom) == (True, 0, 0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), payload["model"].values(), strict=True))
