@@ -173,3 +173,25 @@ def test_spawned_child_step_changes_parent_parameters_and_step():
     for p in model.parameters():
         assert float(optimizer.state[p]["step"]) == 1.0
         assert_close(optimizer.state[p]["exp_avg"], torch.full_like(p, 1 - ADAM["betas"][0]))
+
+
+def test_adam_steps_fused_after_loading_an_unfused_state():
+    """A state saved by the single-tensor Adam (checkpoints before the fused step) loads, steps fused, same maths."""
+    ours, ref = tiny_net(), tiny_net()
+    old = torch.optim.Adam(ref.parameters(), **ADAM, foreach=False)
+    for p in ref.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    old.step()
+    ours.load_state_dict(ref.state_dict())
+    shared = SharedAdam(ours.parameters(), **ADAM)
+    buffer = io.BytesIO()  # through a file, as from a checkpoint: a state dict in memory shares old's tensors
+    torch.save(old.state_dict(), buffer)
+    buffer.seek(0)
+    shared.load_state_dict(torch.load(buffer, weights_only=True))
+    assert all(group["fused"] for group in shared.param_groups)
+    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+        p.grad, q.grad = torch.full_like(p, -0.25), torch.full_like(q, -0.25)
+    shared.step()
+    old.step()
+    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert_close(p, q)
