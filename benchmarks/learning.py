@@ -29,6 +29,12 @@ MILESTONES = {
     "cartpole": [50, 100, 150, 195],
 }
 
+# Every other setting that shapes learning, so a summary says which run it was without its command line.
+LEARNING_SETTINGS = tuple(
+    "gamma gae_lambda entropy_coef value_loss_coef max_grad_norm rollout_len hidden_size fc_layer frame_size "
+    "frame_stack standardize_frames crop_top crop_bottom terminal_on_life_loss".split()
+)
+
 
 def milestones_reached(csv_path: Path, milestones: list[float]) -> dict[str, dict[str, float] | None]:
     """For each milestone, frames and training seconds of the first game at which the 100-game average reached it."""
@@ -93,6 +99,7 @@ def main() -> None:
         "seconds": round(columns["time_s"][-1], 1) if columns.get("time_s") else 0.0,
         "final_avg100": columns["avg100"][-1] if columns.get("avg100") else None,
         "milestones": reached,
+        "settings": {name: getattr(cfg, name) for name in LEARNING_SETTINGS},
         "plot": str(cfg.plot_path),
     }
     (out / "learning.json").write_text(json.dumps(summary, indent=2))
