@@ -221,8 +221,9 @@ class Trainer:
             raise KeyboardInterrupt
         self.stop_reason = None  # Ctrl-C outranks a stop already under way, for the exit status
         self._request_stop(INTERRUPTED, EXIT_INTERRUPTED)
-        if sys.stderr.isatty():
-            print("\na3c: stopping: saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        # Said in a log file too: it shows the Ctrl-C was taken (two signals close together can arrive as one).
+        start = "\n" if sys.stderr.isatty() else ""
+        print(f"{start}a3c: stopping: saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
 
     def _request_stop(self, reason: str, status: int = EXIT_OK) -> None:
         if self.stop_reason is None:
