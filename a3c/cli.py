@@ -49,6 +49,15 @@ def make_parser() -> argparse.ArgumentParser:
     algo = p.add_argument_group("algorithm")
     algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
     algo.add_argument("--lr", type=float, help="learning rate")
+    algo.add_argument(
+        "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this over --lr-anneal-frames frames"
+    )
+    algo.add_argument(
+        "--lr-anneal-frames",
+        dest="lr_anneal_frames",
+        type=int,
+        help="emulator frames over which lr falls to --lr-end (then it stays there)",
+    )
     algo.add_argument("--gamma", type=float, help="discount factor")
     algo.add_argument(
         "--gae-lambda", dest="gae_lambda", type=float, help="GAE lambda (1.0 = the paper's n-step advantage)"

@@ -43,6 +43,10 @@ class Config:
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
     lr: float = 1e-4
+    # lr falls linearly from lr to lr_end over the first lr_anneal_frames frames, then stays (None: constant lr).
+    # The paper anneals to 0 over the whole run; a floor keeps a run that goes on longer still learning.
+    lr_end: float | None = None
+    lr_anneal_frames: int = 0
     gamma: float = 0.99
     gae_lambda: float = 1.0  # 1.0 = the paper's n-step advantage
     entropy_coef: float = 0.01
@@ -124,6 +128,15 @@ class Config:
         for name in ("lr", "adam_eps", "rmsprop_eps", "max_grad_norm"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}")
+        need(
+            self.lr_end is None or (math.isfinite(self.lr_end) and self.lr_end >= 0),
+            f"lr_end must be >= 0, got {self.lr_end}",
+        )
+        need(self.lr_anneal_frames >= 0, f"lr_anneal_frames must be >= 0, got {self.lr_anneal_frames}")
+        need(
+            (self.lr_end is None) == (self.lr_anneal_frames == 0),
+            "lr_end and lr_anneal_frames go together: give both to anneal lr, or neither for a constant lr",
+        )
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
         need(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         need(0 <= self.rmsprop_alpha < 1, f"rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")

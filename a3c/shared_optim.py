@@ -68,6 +68,19 @@ class SharedRMSprop(torch.optim.RMSprop):
         return self
 
 
+def annealed_lr(lr: float, lr_end: float | None, anneal_frames: int, frames: int) -> float:
+    """lr after `frames` emulator frames: linear from lr to lr_end over anneal_frames, then lr_end (None: lr)."""
+    if lr_end is None or anneal_frames <= 0:
+        return lr
+    done = min(frames / anneal_frames, 1.0)
+    return lr + (lr_end - lr) * done
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def make_optimizer(
     name: str, params: Iterable[nn.Parameter], lr: float, adam_eps: float, rmsprop_alpha: float, rmsprop_eps: float
 ):
