@@ -50,13 +50,16 @@ def make_parser() -> argparse.ArgumentParser:
     algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
     algo.add_argument("--lr", type=float, help="learning rate")
     algo.add_argument(
-        "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this over --lr-anneal-frames frames"
+        "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this, reached at --lr-anneal-frames"
+    )
+    algo.add_argument(
+        "--lr-anneal-start", dest="lr_anneal_start", type=int, help="emulator frames before lr starts to fall (0)"
     )
     algo.add_argument(
         "--lr-anneal-frames",
         dest="lr_anneal_frames",
         type=int,
-        help="emulator frames over which lr falls to --lr-end (then it stays there)",
+        help="emulator frames at which lr has fallen to --lr-end (then it stays there)",
     )
     algo.add_argument("--gamma", type=float, help="discount factor")
     algo.add_argument(

@@ -43,9 +43,10 @@ class Config:
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
     lr: float = 1e-4
-    # lr falls linearly from lr to lr_end over the first lr_anneal_frames frames, then stays (None: constant lr).
-    # The paper anneals to 0 over the whole run; a floor keeps a run that goes on longer still learning.
+    # lr holds until lr_anneal_start frames, falls linearly to lr_end at lr_anneal_frames, then stays there
+    # (None: constant lr). The paper anneals to 0 over the whole run; a floor keeps a longer run still learning.
     lr_end: float | None = None
+    lr_anneal_start: int = 0
     lr_anneal_frames: int = 0
     gamma: float = 0.99
     gae_lambda: float = 1.0  # 1.0 = the paper's n-step advantage
@@ -133,6 +134,11 @@ class Config:
             f"lr_end must be >= 0, got {self.lr_end}",
         )
         need(self.lr_anneal_frames >= 0, f"lr_anneal_frames must be >= 0, got {self.lr_anneal_frames}")
+        need(
+            0 <= self.lr_anneal_start < max(self.lr_anneal_frames, 1),
+            f"lr_anneal_start must be >= 0 and below lr_anneal_frames ({self.lr_anneal_frames}), "
+            f"got {self.lr_anneal_start}",
+        )
         need(
             (self.lr_end is None) == (self.lr_anneal_frames == 0),
             "lr_end and lr_anneal_frames go together: give both to anneal lr, or neither for a constant lr",

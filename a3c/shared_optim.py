@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from a3c.config import Config
+
 
 def _create_state(optimizer: torch.optim.Optimizer, buffers: tuple[str, ...]) -> None:
     """Create torch's per-parameter state now (a float32 step and zeroed buffers) so it can live in shared memory."""
@@ -68,12 +70,14 @@ class SharedRMSprop(torch.optim.RMSprop):
         return self
 
 
-def annealed_lr(lr: float, lr_end: float | None, anneal_frames: int, frames: int) -> float:
-    """lr after `frames` emulator frames: linear from lr to lr_end over anneal_frames, then lr_end (None: lr)."""
-    if lr_end is None or anneal_frames <= 0:
-        return lr
-    done = min(frames / anneal_frames, 1.0)
-    return lr + (lr_end - lr) * done
+def scheduled_lr(cfg: Config, frames: int) -> float:
+    """lr after `frames` emulator frames: cfg.lr until lr_anneal_start, then linear to lr_end, reached at
+    lr_anneal_frames, then lr_end. Without lr_end, cfg.lr throughout."""
+    if cfg.lr_end is None:
+        return cfg.lr
+    start, end = cfg.lr_anneal_start, cfg.lr_anneal_frames
+    done = min(max(frames - start, 0) / (end - start), 1.0)
+    return cfg.lr + (cfg.lr_end - cfg.lr) * done
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -23,7 +23,7 @@ from a3c.evaluate import EvalResult, run_evaluator
 from a3c.metrics import GameResult, Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
-from a3c.shared_optim import annealed_lr, make_optimizer, set_lr
+from a3c.shared_optim import make_optimizer, scheduled_lr, set_lr
 from a3c.worker import SharedState, Worker, WorkerFailure, WorkerStats, run_worker
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,9 @@ class Trainer:
                     self._spawn(rank)
             if cfg.eval_interval_s > 0:
                 self._spawn_evaluator()
-            lr_schedule = f" -> {cfg.lr_end:g} over {cfg.lr_anneal_frames:,} frames" if cfg.lr_end is not None else ""
+            lr_schedule = ""
+            if cfg.lr_end is not None:
+                lr_schedule = f" -> {cfg.lr_end:g} from {cfg.lr_anneal_start:,} to {cfg.lr_anneal_frames:,} frames"
             print(
                 f"a3c: training {cfg.env_name} with {cfg.n_workers} worker(s) x {cfg.envs_per_worker} env(s), "
                 f"--opt {cfg.opt} --lr {cfg.lr:g}{lr_schedule}; checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
@@ -345,7 +347,7 @@ class Trainer:
                         rate_window.popleft()
                     (t0, f0) = rate_window[0]
                     fps = (frames - f0) / (now - t0) if now > t0 else 0.0
-                    lr = annealed_lr(cfg.lr, cfg.lr_end, cfg.lr_anneal_frames, frames)
+                    lr = scheduled_lr(cfg, frames)
                     self._to_tensorboard(frames, {"perf/frames_per_s": fps, "train/lr": lr})
                     line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
                     print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)

@@ -19,7 +19,7 @@ from a3c.envs import frames_per_step, make_env
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.metrics import GameResult
 from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
-from a3c.shared_optim import annealed_lr, hand_over_gradients, set_lr
+from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,7 @@ class Worker:
             return None
         hand_over_gradients(self.model, self.shared.model)
         if cfg.lr_end is not None:
-            set_lr(
-                self.shared.optimizer, annealed_lr(cfg.lr, cfg.lr_end, cfg.lr_anneal_frames, self.shared.frames.value)
-            )
+            set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))
         self.shared.optimizer.step()
         for p in self.shared_params:
             p.grad = None

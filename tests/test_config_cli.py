@@ -115,6 +115,22 @@ def test_validate_collects_every_problem():
         assert part in message
 
 
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"lr_end": 1e-5}, "lr_end and lr_anneal_frames go together"),
+        ({"lr_anneal_frames": 1000}, "lr_end and lr_anneal_frames go together"),
+        ({"lr_end": -1e-5, "lr_anneal_frames": 1000}, "lr_end must be >= 0"),
+        ({"lr_end": 1e-5, "lr_anneal_frames": -1}, "lr_anneal_frames must be >= 0"),
+        ({"lr_end": 1e-5, "lr_anneal_frames": 1000, "lr_anneal_start": 1000}, "lr_anneal_start must be >= 0 and below"),
+    ],
+)
+def test_lr_annealing_settings_are_checked(changes: dict, expected: str):
+    """An lr schedule needs both its end and its length, and neither may be negative."""
+    with pytest.raises(ConfigError, match=expected):
+        Config(**changes).validate()
+
+
 def test_valid_config_validates_to_itself(tiny_cfg: Config):
     """A valid config returns itself from validate() and is frozen."""
     assert tiny_cfg.validate() is tiny_cfg

@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.testing import assert_close
 
-from a3c.shared_optim import SharedAdam, SharedRMSprop, hand_over_gradients
+from a3c.config import Config
+from a3c.shared_optim import SharedAdam, SharedRMSprop, hand_over_gradients, scheduled_lr
 
 ADAM = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}
 RMSPROP = {"lr": 1e-2, "alpha": 0.9, "eps": 0.1}
@@ -195,3 +196,19 @@ def test_adam_steps_fused_after_loading_an_unfused_state():
     old.step()
     for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
         assert_close(p, q)
+
+
+def test_scheduled_lr_holds_then_falls_linearly_then_stays():
+    """lr holds until lr_anneal_start, goes to lr_end in a straight line by lr_anneal_frames, then stays there;
+    without lr_end it is constant."""
+    cfg = Config(lr=2e-4, lr_end=5e-5, lr_anneal_frames=4_000_000).validate()
+    assert scheduled_lr(cfg, 0) == 2e-4
+    assert scheduled_lr(cfg, 1_000_000) == pytest.approx(1.625e-4)
+    assert scheduled_lr(cfg, 4_000_000) == pytest.approx(5e-5)
+    assert scheduled_lr(cfg, 9_000_000) == pytest.approx(5e-5)
+    late = cfg.replace(lr_anneal_start=2_000_000).validate()
+    assert scheduled_lr(late, 1_999_999) == 2e-4
+    assert scheduled_lr(late, 3_000_000) == pytest.approx(1.25e-4)
+    assert scheduled_lr(late, 5_000_000) == pytest.approx(5e-5)
+    assert scheduled_lr(Config(lr=7e-4, lr_end=0.0, lr_anneal_frames=100), 50) == pytest.approx(3.5e-4)  # to 0
+    assert scheduled_lr(Config(lr=2e-4), 1_000_000) == 2e-4

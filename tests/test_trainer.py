@@ -77,6 +77,15 @@ def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     assert any(not torch.equal(fresh[k], a["model"][k]) for k in fresh)
 
 
+def test_lr_is_annealed_by_the_frame_count(tmp_path: Path):
+    """With --lr-end the worker's steps use the annealed lr: past lr_anneal_frames it has reached lr_end."""
+    cfg = serial_cfg(tmp_path, "anneal", lr=1e-3, lr_end=1e-4, lr_anneal_frames=1000)
+    trainer = Trainer(cfg)
+    assert trainer.run() == 0
+    assert trainer.shared.frames.value >= 2000
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [pytest.approx(1e-4)]
+
+
 def test_run_without_finished_games_still_draws_png(tmp_path: Path, capsys: pytest.CaptureFixture):
     """A run too short to finish a Pong game still writes the PNG its last line says it saved."""
     cfg = serial_cfg(tmp_path, "short", env_name=PONG, max_frames=160, rollout_len=20)
