@@ -53,7 +53,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this, reached at --lr-anneal-frames"
     )
     algo.add_argument(
-        "--lr-anneal-start", dest="lr_anneal_start", type=int, help="emulator frames before lr starts to fall (0)"
+        "--lr-anneal-start", dest="lr_anneal_start", type=int, help="emulator frames before lr starts to fall"
     )
     algo.add_argument(
         "--lr-anneal-frames",
