@@ -31,8 +31,9 @@ MILESTONES = {
 
 # Every other setting that shapes learning, so a summary says which run it was without its command line.
 LEARNING_SETTINGS = tuple(
-    "lr_end lr_anneal_start lr_anneal_frames gamma gae_lambda entropy_coef value_loss_coef max_grad_norm rollout_len hidden_size fc_layer frame_size "
-    "frame_stack standardize_frames crop_top crop_bottom terminal_on_life_loss".split()
+    "lr_end lr_anneal_start lr_anneal_frames gamma gae_lambda entropy_coef value_loss_coef max_grad_norm "
+    "rollout_len hidden_size fc_layer frame_size frame_stack standardize_frames crop_top crop_bottom "
+    "terminal_on_life_loss".split()
 )
 
 
