@@ -197,8 +197,7 @@ class Worker:
                 self.shared.skipped_updates.value += 1
             return None
         hand_over_gradients(self.model, self.shared.model)
-        if cfg.lr_end is not None:
-            set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))
+        set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))  # cfg.lr without a schedule
         self.shared.optimizer.step()
         for p in self.shared_params:
             p.grad = None
