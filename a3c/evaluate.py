@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import time
-import traceback
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +20,7 @@ from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces, is_atari, make_env
 from a3c.metrics import summarize
 from a3c.model import ActorCritic, build_model, sample_actions
-from a3c.worker import SharedState, WorkerFailure
+from a3c.worker import SharedState, child_process
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +240,8 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, record: str | Path 
 def run_evaluator(cfg: Config, shared: SharedState) -> None:
     """Entry point of the evaluator process: every cfg.eval_interval_s, score a copy of the shared model on
     cfg.eval_episodes whole games and send an EvalResult to the trainer. Stops with the run or its parent."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
-    try:
+    with child_process(-1, shared):
         model, _ = build_model(cfg, shared.model.obs_shape, shared.model.num_actions)
         env = make_env(cfg, seed=cfg.seed + 10_000, training=False)
         round_ = 0
@@ -261,10 +256,3 @@ def run_evaluator(cfg: Config, shared: SharedState) -> None:
                 scores.append(play_game(model, env, seed, cfg.eval_greedy).score)
             shared.results.put(EvalResult(frames, scores))
             round_ += 1
-    except BaseException:
-        shared.results.put(WorkerFailure(-1, traceback.format_exc()))
-        raise SystemExit(1) from None
-    finally:
-        if os.getppid() != parent:
-            shared.results.cancel_join_thread()
-        time.sleep(0.05)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -249,25 +251,35 @@ class Worker:
             env.close()
 
 
-def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
-    """Entry point of a spawned worker process."""
-    torch.set_num_threads(1)  # one intra-op thread per worker: workers already use every core
+@contextlib.contextmanager
+def child_process(rank: int, shared: SharedState) -> Iterator[None]:
+    """What every spawned child (workers, and the evaluator as rank -1) does around its work: one intra-op thread,
+    Ctrl-C left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the
+    end the results queue flushed, or abandoned if the trainer is gone."""
+    torch.set_num_threads(1)  # one intra-op thread per process: the workers already use every core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
-    worker = None
+    parent = os.getppid()
     try:
-        worker = Worker(rank, cfg, shared)
-        worker.run()
+        yield
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches the whole process group; the trainer decides what happens
     except BaseException:
         shared.results.put(WorkerFailure(rank, traceback.format_exc()))
         raise SystemExit(1) from None
     finally:
-        if worker is not None:
-            worker.close()
-            if not worker.parent_alive():
-                # Nobody reads the queue any more: exit without waiting for its feeder to flush into a full pipe.
-                shared.results.cancel_join_thread()
-        # Let the queue's feeder thread flush what we put, so the trainer sees our last games.
+        if os.getppid() != parent:
+            # Nobody reads the queue any more: exit without waiting for its feeder to flush into a full pipe.
+            shared.results.cancel_join_thread()
+        # Let the queue's feeder thread flush what we put, so the trainer sees our last records.
         time.sleep(0.05)
+
+
+def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
+    """Entry point of a spawned worker process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    with child_process(rank, shared):
+        worker = Worker(rank, cfg, shared)
+        try:
+            worker.run()
+        finally:
+            worker.close()
