@@ -134,11 +134,17 @@ class Config:
             f"lr_end must be >= 0, got {self.lr_end}",
         )
         need(self.lr_anneal_frames >= 0, f"lr_anneal_frames must be >= 0, got {self.lr_anneal_frames}")
-        need(
-            0 <= self.lr_anneal_start < max(self.lr_anneal_frames, 1),
-            f"lr_anneal_start must be >= 0 and below lr_anneal_frames ({self.lr_anneal_frames}), "
-            f"got {self.lr_anneal_start}",
-        )
+        need(self.lr_anneal_start >= 0, f"lr_anneal_start must be >= 0, got {self.lr_anneal_start}")
+        if self.lr_end is None and self.lr_anneal_frames == 0:
+            need(
+                self.lr_anneal_start <= 0,
+                "lr_anneal_start delays an lr schedule, and there is none: give lr_end and lr_anneal_frames too",
+            )
+        elif self.lr_anneal_frames > 0:
+            need(
+                self.lr_anneal_start < self.lr_anneal_frames,
+                f"lr_anneal_start must be below lr_anneal_frames ({self.lr_anneal_frames}), got {self.lr_anneal_start}",
+            )
         need(
             (self.lr_end is None) == (self.lr_anneal_frames == 0),
             "lr_end and lr_anneal_frames go together: give both to anneal lr, or neither for a constant lr",

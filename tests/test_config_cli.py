@@ -122,7 +122,9 @@ def test_validate_collects_every_problem():
         ({"lr_anneal_frames": 1000}, "lr_end and lr_anneal_frames go together"),
         ({"lr_end": -1e-5, "lr_anneal_frames": 1000}, "lr_end must be >= 0"),
         ({"lr_end": 1e-5, "lr_anneal_frames": -1}, "lr_anneal_frames must be >= 0"),
-        ({"lr_end": 1e-5, "lr_anneal_frames": 1000, "lr_anneal_start": 1000}, "lr_anneal_start must be >= 0 and below"),
+        ({"lr_end": 1e-5, "lr_anneal_frames": 1000, "lr_anneal_start": 1000}, "lr_anneal_start must be below"),
+        ({"lr_end": 1e-5, "lr_anneal_frames": 1000, "lr_anneal_start": -1}, "lr_anneal_start must be >= 0"),
+        ({"lr_anneal_start": 1000}, "lr_anneal_start delays an lr schedule, and there is none"),
     ],
 )
 def test_lr_annealing_settings_are_checked(changes: dict, expected: str):
