@@ -128,7 +128,8 @@ def test_validate_collects_every_problem():
     ],
 )
 def test_lr_annealing_settings_are_checked(changes: dict, expected: str):
-    """An lr schedule needs both its end and its length, and neither may be negative."""
+    """An lr schedule needs both its end and its length, none of its numbers may be negative, and a delayed start
+    needs a schedule to delay and must come before the end."""
     with pytest.raises(ConfigError, match=expected):
         Config(**changes).validate()
 
