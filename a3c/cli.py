@@ -92,6 +92,9 @@ def make_parser() -> argparse.ArgumentParser:
     env.add_argument(
         "--ep-length", dest="ep_length", type=int, help="cap on an episode's agent steps (0 = the game's own limit)"
     )
+    env.add_argument(
+        "--frame-skip", dest="frame_skip", type=int, help="emulator frames per agent step (the action repeats)"
+    )
     env.add_argument("--frame-size", dest="frame_size", type=int, help="side of the square grayscale frame")
     env.add_argument("--crop-top", dest="crop_top", type=int, help="screen rows cut off at the top before resizing")
     env.add_argument(

@@ -158,12 +158,21 @@ def out_dirs(tmp_path: Path) -> list[str]:
     [
         (["--n-workers", "0"], "n_workers must be between 1 and 256, got 0"),
         (["--lr", "-1"], "lr must be a positive number, got -1.0"),
+        (["--frame-skip", "0"], "frame_skip must be between 1 and 16, got 0"),
         (["--opt", "sgd"], "invalid choice: 'sgd'"),
         (["--lr", "fast"], "invalid float value: 'fast'"),
         (["--env-name", "Pongg-v4"], "unknown environment id 'Pongg-v4'; did you mean"),
         (["--use-trained", "--env-name", "CartPole-v1"], "no checkpoint at"),
     ],
-    ids=["n_workers_0", "negative_lr", "opt_sgd", "lr_not_a_number", "unknown_env", "missing_checkpoint"],
+    ids=[
+        "n_workers_0",
+        "negative_lr",
+        "frame_skip_0",
+        "opt_sgd",
+        "lr_not_a_number",
+        "unknown_env",
+        "missing_checkpoint",
+    ],
 )
 def test_cli_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, argv, expected):
     """Each user mistake gives exit status 2 and exactly one 'a3c: error:' line on stderr, no traceback."""

@@ -39,6 +39,23 @@ def test_atari_pong_obs_and_actions(env_name: str):
         env.close()
 
 
+@pytest.mark.parametrize("frame_skip", [4, 8])
+def test_frame_skip_repeats_each_action(frame_skip: int):
+    """--frame-skip k: each agent step runs k emulator frames, and the frame count the trainer keeps says k."""
+    cfg = Config(env_name="PongNoFrameskip-v4", frame_skip=frame_skip, noop_max=0)
+    env = make_env(cfg, seed=1)
+    try:
+        env.reset(seed=1)
+        ale = env.unwrapped.ale
+        start = ale.getEpisodeFrameNumber()
+        for _ in range(5):
+            env.step(0)
+        assert ale.getEpisodeFrameNumber() - start == 5 * frame_skip
+        assert frames_per_step(cfg) == frame_skip
+    finally:
+        env.close()
+
+
 def play(env: gym.Env, actions: list[int], seed: int) -> tuple[list[float], list[np.ndarray], dict]:
     """Reset with seed and play the actions; rewards, observations and the last info."""
     env.reset(seed=seed)
