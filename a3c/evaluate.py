@@ -240,8 +240,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, record: str | Path 
 def run_evaluator(cfg: Config, shared: SharedState) -> None:
     """Entry point of the evaluator process: every cfg.eval_interval_s, score a copy of the shared model on
     cfg.eval_episodes whole games and send an EvalResult to the trainer. Stops with the run or its parent."""
-    parent = os.getppid()
-    with child_process(-1, shared):
+    with child_process(-1, shared) as parent:
         model, _ = build_model(cfg, shared.model.obs_shape, shared.model.num_actions)
         env = make_env(cfg, seed=cfg.seed + 10_000, training=False)
         round_ = 0

@@ -252,15 +252,15 @@ class Worker:
 
 
 @contextlib.contextmanager
-def child_process(rank: int, shared: SharedState) -> Iterator[None]:
+def child_process(rank: int, shared: SharedState) -> Iterator[int]:
     """What every spawned child (workers, and the evaluator as rank -1) does around its work: one intra-op thread,
     Ctrl-C left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the
-    end the results queue flushed, or abandoned if the trainer is gone."""
+    end the results queue flushed, or abandoned if the trainer is gone. Yields the trainer's pid."""
     torch.set_num_threads(1)  # one intra-op thread per process: the workers already use every core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
     parent = os.getppid()
     try:
-        yield
+        yield parent
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches the whole process group; the trainer decides what happens
     except BaseException:
