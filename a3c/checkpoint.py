@@ -14,6 +14,8 @@ from a3c.config import Config
 
 FORMAT = "a3c-checkpoint"
 VERSION = 1
+# Said when Ctrl-C stops a run at once: whatever was being written then, the files that were saved stay whole.
+STOPPED_AT_ONCE = "a3c: stopped at once by Ctrl-C; checkpoints on disk are the last complete saves"
 SPEC_KEYS_ADDED = ("standardize_frames", "fc_layer")  # model_spec keys that version-1 checkpoints may lack
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from a3c.checkpoint import CheckpointError
+from a3c.checkpoint import STOPPED_AT_ONCE, CheckpointError
 from a3c.config import ARCHS, OPTIMIZERS, Config, ConfigError, build_config
 
 EXIT_USAGE = 2
@@ -195,6 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as error:
         print(f"a3c: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # before training began, or a second Ctrl-C while it was stopping
-        print("\na3c: stopped at once by Ctrl-C; checkpoints on disk are the last complete saves", file=sys.stderr)
+    except KeyboardInterrupt:  # before training began, or during an evaluation
+        print(f"\n{STOPPED_AT_ONCE}", file=sys.stderr)
         return EXIT_INTERRUPTED

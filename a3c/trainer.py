@@ -16,7 +16,15 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from a3c.checkpoint import FORMAT, VERSION, CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from a3c.checkpoint import (
+    FORMAT,
+    STOPPED_AT_ONCE,
+    VERSION,
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
 from a3c.evaluate import EvalResult, run_evaluator
@@ -217,7 +225,10 @@ class Trainer:
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
         """First Ctrl-C: stop cleanly (workers, checkpoint, plot). A second one: stop at once."""
         if self.stop_reason == INTERRUPTED:
-            raise KeyboardInterrupt
+            # Not a KeyboardInterrupt: raised here it can land in a weakref callback or a __del__, where Python
+            # prints it and carries on. Leave as a kill would: saves are atomic and the workers follow their parent.
+            print(f"\n{STOPPED_AT_ONCE}", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
         self.stop_reason = None  # Ctrl-C outranks a stop already under way, for the exit status
         self._request_stop(INTERRUPTED, EXIT_INTERRUPTED)
         # Said in a log file too: it shows the Ctrl-C was taken (two signals close together can arrive as one).
