@@ -29,8 +29,10 @@ class PixelConv2d(nn.Conv2d):
     Same result as conv(x / 255), without a pass over the frames (a measurable share of the update on a CPU).
     """
 
+    weight_scale = 1.0 / 255.0
+
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.weight * (1.0 / 255.0), self.bias)
+        return self._conv_forward(x, self.weight * self.weight_scale, self.bias)
 
 
 def standardize_frames(obs: Tensor) -> Tensor:
@@ -121,25 +123,31 @@ class ActorCritic(nn.Module):
         zeros = torch.zeros(batch_size, self.hidden_size)
         return zeros, zeros.clone()
 
+    def trunk_input(self, obs: Tensor) -> Tensor:
+        """What the trunk receives for N observations: float32 [N, *obs_shape] (channels_last for images)."""
+        if self.standardize:
+            return standardize_frames(obs).contiguous(memory_format=torch.channels_last)
+        if self.is_image:  # uint8 -> channels_last first: the cheap copy is the 1-byte one
+            return obs.contiguous(memory_format=torch.channels_last).float()
+        return obs.float()
+
     def features(self, obs: Tensor) -> Tensor:
         """Trunk output float32 [N, lstm input] for N observations."""
-        if self.standardize:
-            return self.trunk(standardize_frames(obs).contiguous(memory_format=torch.channels_last))
-        if self.is_image:  # uint8 -> channels_last first: the cheap copy is the 1-byte one
-            return self.trunk(obs.contiguous(memory_format=torch.channels_last).float())
-        return self.trunk(obs.float())
+        return self.trunk(self.trunk_input(obs))
 
-    def _lstm_step(self, x: Tensor, state: LSTMState) -> LSTMState:
+    def lstm_step(self, x: Tensor, state: LSTMState) -> LSTMState:
+        """One LSTM step for a batch: x [B, lstm input] -> the next (h, c)."""
         lstm = self.lstm
         return torch.lstm_cell(x, state, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
 
-    def _heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """LSTM outputs [..., hidden] -> logits [..., A], values [...]."""
         return self.policy(h), self.value(h).squeeze(-1)
 
     def forward(self, obs: Tensor, state: LSTMState) -> PolicyOutput:
         """One step for a batch: obs [B, *obs_shape] -> logits [B, A], value [B], next state."""
-        h, c = self._lstm_step(self.features(obs), state)
-        logits, value = self._heads(h)
+        h, c = self.lstm_step(self.features(obs), state)
+        logits, value = self.heads(h)
         return PolicyOutput(logits, value, (h, c))
 
     def forward_rollout(self, obs: Tensor, state: LSTMState, resets: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,7 +172,7 @@ class ActorCritic(nn.Module):
                 h, c = h * keep, c * keep
             out, (h, c) = self.lstm(x[begin:end], (h, c))
             outputs.append(out)
-        logits, values = self._heads(torch.cat(outputs))
+        logits, values = self.heads(torch.cat(outputs))
         return logits, values
 
 

@@ -21,6 +21,7 @@ from a3c.envs import frames_per_step, make_env
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.metrics import GameResult
 from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
+from a3c.replay import Tape, replay_loss_inputs
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ class Rollout(NamedTuple):
     """rollout_len steps of B envs. obs [T+1, B, *obs_shape] (the last one is the bootstrap observation);
     actions int64 [T, B]; rewards float32 [T, B] (clipped when training); terminated / episode_ends bool [T, B];
     truncation_values float32 [T, B] = V(final observation) where an episode was truncated; resets float32 [T+1, B]
-    (1 where an episode began at that step); state: the LSTM state before step 0."""
+    (1 where an episode began at that step); state: the LSTM state before step 0; bootstrap_values float32 [B]:
+    V(obs[T]). The forward passes' activations are on the worker's Tape."""
 
     obs: Tensor
     actions: Tensor
@@ -80,6 +82,7 @@ class Rollout(NamedTuple):
     truncation_values: Tensor
     resets: Tensor
     state: LSTMState
+    bootstrap_values: Tensor
 
 
 class Worker:
@@ -99,6 +102,7 @@ class Worker:
         model = shared.model
         self.model, _ = build_model(cfg, model.obs_shape, model.num_actions)
         self.params = list(self.model.parameters())
+        self.tape = Tape(self.model, cfg.rollout_len, num)
         dtype = torch.uint8 if self.model.is_image else torch.float32
         self.obs = torch.empty((cfg.rollout_len + 1, num, *model.obs_shape), dtype=dtype)
         for k, env in enumerate(self.envs):
@@ -120,7 +124,8 @@ class Worker:
                 local.copy_(shared)
 
     def collect(self) -> Rollout:
-        """Run rollout_len steps in every env under inference mode, sampling actions from the policy."""
+        """Run rollout_len steps in every env under inference mode, sampling actions from the policy; the forward
+        passes record on the tape what the update's backward pass needs."""
         cfg, num, steps = self.cfg, len(self.envs), self.cfg.rollout_len
         obs = self.obs
         obs[0] = obs[-1]  # the last rollout's bootstrap observation is this one's first
@@ -137,7 +142,7 @@ class Worker:
             h, c = self.state
             for t in range(steps):
                 t0 = clock()
-                logits, _, (h, c) = self.model(obs[t], (h, c))
+                logits, _, (h, c) = self.tape.step(t, obs[t], (h, c))
                 action = sample_actions(logits, self.rng)
                 actions[t] = torch.from_numpy(action)
                 t1 = clock()
@@ -161,11 +166,25 @@ class Worker:
                     obs[t + 1, k] = torch.from_numpy(np.asarray(next_obs))
                 env_s += clock() - t1
             self.state = (h, c)
+            t0 = clock()
+            bootstrap_values = self.model(obs[steps], (h, c)).value.clone()
+            inference_s += clock() - t0
         self.seconds["env"] += env_s
         self.seconds["inference"] += inference_s
         self.agent_steps += steps * num
         episode_ends = terminated | truncated
-        return Rollout(obs, actions, rewards, terminated, episode_ends, truncated, truncation_values, resets, state)
+        return Rollout(
+            obs,
+            actions,
+            rewards,
+            terminated,
+            episode_ends,
+            truncated,
+            truncation_values,
+            resets,
+            state,
+            bootstrap_values,
+        )
 
     def _report_game(self, k: int, info: dict, frames_done: int) -> None:
         episode = info.get("episode")
@@ -175,23 +194,28 @@ class Worker:
         self.shared.results.put(GameResult(self.rank, float(episode["r"]), int(episode["l"]), int(frames)))
 
     def update(self, rollout: Rollout) -> LossTerms | None:
-        """Recompute the rollout with gradients, clip, and step the shared optimizer. None if the update was skipped."""
+        """Back-propagate the loss from the tape, clip, and step the shared optimizer. None if the update was skipped.
+
+        The gradients are those of autograd on the recomputed rollout (model.forward_rollout), without recomputing it.
+        """
         cfg = self.cfg
-        logits, values = self.model.forward_rollout(rollout.obs, rollout.state, rollout.resets)
-        next_values = torch.where(rollout.truncated, rollout.truncation_values, values[1:].detach())
+        for p in self.params:
+            p.grad = None
+        hiddens, logits, values = replay_loss_inputs(self.model, self.tape)
+        next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
+        next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
         targets = compute_targets(
             rollout.rewards,
-            values[:-1].detach(),
+            values.detach(),
             next_values,
             rollout.terminated,
             rollout.episode_ends,
             cfg.gamma,
             cfg.gae_lambda,
         )
-        loss = a3c_loss(logits[:-1], values[:-1], rollout.actions, targets, cfg.entropy_coef, cfg.value_loss_coef)
-        for p in self.params:
-            p.grad = None
-        loss.total.backward()
+        loss = a3c_loss(logits, values, rollout.actions, targets, cfg.entropy_coef, cfg.value_loss_coef)
+        loss.total.backward()  # the heads' gradients, and the loss's gradient at the LSTM's outputs
+        self.tape.backward(hiddens.grad, rollout.state, rollout.resets)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         if not (torch.isfinite(loss.total) and torch.isfinite(grad_norm)):
             # A non-finite update would poison the shared model for every worker: drop it and count it.

@@ -1,0 +1,204 @@
+"""The update's backward pass, replayed from what the rollout's own forward passes computed.
+
+The rollout runs under inference mode, one batch-1 forward pass per step. Recomputing it with autograd for the
+update (ActorCritic.forward_rollout) ran the trunk and the LSTM a second time and cost about 60% of the update on a
+CPU. Here each step's forward pass records the trunk's activations and the LSTM's outputs on a Tape; the update
+then runs the backward pass from them: the heads and the loss through autograd, the LSTM and the trunk by hand,
+each layer's gradient batched over all T x B steps. The maths is the paper's (the same gradients as autograd on the
+recomputed rollout, tested against forward_rollout); only the work is less.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from a3c.model import ActorCritic, LSTMState, PolicyOutput
+
+_ACTIVATIONS = (nn.ELU, nn.ReLU, nn.Tanh)
+_WEIGHTED = (nn.Conv2d, nn.Linear)
+
+
+def _trunk_layers(model: ActorCritic) -> list[nn.Module]:
+    """The trunk's layers in forward order (nested Sequentials flattened); raises TypeError for a layer whose
+    backward pass is not written here."""
+    layers = [m for m in model.trunk.modules() if not isinstance(m, nn.Sequential)]
+    for layer in layers:
+        if not isinstance(layer, (*_ACTIVATIONS, *_WEIGHTED, nn.Flatten)):
+            raise TypeError(f"no replayed backward pass for {type(layer).__name__}")
+    return layers
+
+
+class Tape:
+    """Buffers for one rollout of `steps` x `batch` forward passes, and the backward pass that reads them.
+
+    inputs[i] is what trunk layer i received (float32 [T*B, ...], kept only where the backward pass needs it: the
+    input of a conv / linear layer, the output of an activation); hiddens and cells (float32 [T, B, hidden]) are the
+    LSTM's outputs at each step, before any reset zeroes the carried state.
+    """
+
+    def __init__(self, model: ActorCritic, steps: int, batch: int):
+        self.model = model
+        self.steps, self.batch = steps, batch
+        self.layers = _trunk_layers(model)
+        rows = steps * batch
+        with torch.no_grad():  # one dummy pass for each layer's input shape and memory format
+            x = model.trunk_input(torch.zeros(1, *model.obs_shape, dtype=torch.uint8 if model.is_image else None))
+            examples = []
+            for layer in self.layers:
+                examples.append(x)
+                x = layer(x)
+        keep = [self._needs_input(i) for i in range(len(self.layers))] + [True]  # the trunk's output: the LSTM's x
+        self.inputs: list[Tensor | None] = [
+            torch.empty((rows, *s.shape[1:])).contiguous(memory_format=_format(s)) if kept else None
+            for s, kept in zip([*examples, x], keep, strict=True)
+        ]
+        hidden = model.hidden_size
+        self.hiddens = torch.zeros(steps, batch, hidden)
+        self.cells = torch.zeros(steps, batch, hidden)
+
+    def _needs_input(self, i: int) -> bool:
+        """Layer i's input is needed by its own backward (conv / linear) or is an activation's output."""
+        if isinstance(self.layers[i], _WEIGHTED):
+            return True
+        return i > 0 and isinstance(self.layers[i - 1], _ACTIVATIONS)
+
+    def step(self, t: int, obs: Tensor, state: LSTMState) -> PolicyOutput:
+        """ActorCritic.forward for step t (obs [B, *obs_shape]), recording what the backward pass needs."""
+        rows = slice(t * self.batch, (t + 1) * self.batch)
+        x = self.model.trunk_input(obs)
+        self.inputs[0][rows].copy_(x)
+        for i, layer in enumerate(self.layers):
+            kept = self.inputs[i + 1]
+            if kept is not None and isinstance(layer, _ACTIVATIONS):
+                x = _activation_into(layer, x, kept[rows])  # written in place: no copy
+            else:
+                x = layer(x)
+                if kept is not None:
+                    kept[rows].copy_(x)
+        h, c = self.model.lstm_step(x, state)
+        self.hiddens[t].copy_(h)
+        self.cells[t].copy_(c)
+        logits, value = self.model.heads(h)
+        return PolicyOutput(logits, value, (h, c))
+
+    def backward(self, grad_hiddens: Tensor, state: LSTMState, resets: Tensor) -> None:
+        """Set .grad of the LSTM's and the trunk's parameters from the loss's gradient at the LSTM's outputs.
+
+        grad_hiddens float32 [T, B, hidden]; state: the LSTM state before step 0; resets float32 [T(+1), B], 1
+        where an episode began at step t (the carried state was zeroed there, so no gradient flows past it).
+        """
+        with torch.no_grad():
+            grad_x = self._lstm_backward(grad_hiddens, state, resets[: self.steps])
+            self._trunk_backward(grad_x)
+
+    def _lstm_backward(self, grad_hiddens: Tensor, state: LSTMState, resets: Tensor) -> Tensor:
+        """Backpropagation through time over the recorded steps; returns the gradient at the LSTM's input [T*B, F]."""
+        lstm = self.model.lstm
+        steps, batch, hidden = self.hiddens.shape
+        x = self.inputs[-1]
+        keep = (1.0 - resets).unsqueeze(-1)  # [T, B, 1]
+        # The state each step started from, zeroed where an episode began: all known now, so the gates of every
+        # step come from two batched matrix products instead of T small ones.
+        h_prev = torch.cat((state[0].unsqueeze(0), self.hiddens[:-1])) * keep
+        c_prev = torch.cat((state[1].unsqueeze(0), self.cells[:-1])) * keep
+        gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x, lstm.weight_ih_l0.t())
+        gates.addmm_(h_prev.view(-1, hidden), lstm.weight_hh_l0.t())
+        i, f, g, o = gates.view(steps, batch, 4, hidden).unbind(2)  # torch's gate order
+        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        tanh_c = self.cells.tanh()
+        # d(gate pre-activations) = [dc, dc, dc, dh] * factors; dc gains dh * o * (1 - tanh(c)^2) at each step.
+        factors = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), 2)
+        dc_from_dh = o * (1 - tanh_c * tanh_c)
+        weight_hh = lstm.weight_hh_l0
+        grad_gates = torch.empty(steps, batch, 4, hidden)
+        dh_next = torch.zeros(batch, hidden)
+        dc_next = torch.zeros(batch, hidden)
+        has_reset = resets.any(1).tolist()
+        for t in range(steps - 1, -1, -1):
+            dh = grad_hiddens[t] + dh_next
+            dc = torch.addcmul(dc_next, dh, dc_from_dh[t])
+            torch.mul(torch.stack((dc, dc, dc, dh), 1), factors[t], out=grad_gates[t])
+            if t == 0:
+                break  # the carried-in state is not a parameter
+            dh_next = grad_gates[t].view(batch, -1) @ weight_hh
+            dc_next = dc * f[t]
+            if has_reset[t]:
+                dh_next *= keep[t]
+                dc_next *= keep[t]
+        grad_gates = grad_gates.view(steps * batch, 4 * hidden)
+        lstm.weight_ih_l0.grad = grad_gates.t() @ x
+        lstm.weight_hh_l0.grad = grad_gates.t() @ h_prev.view(-1, hidden)
+        lstm.bias_ih_l0.grad = grad_gates.sum(0)
+        lstm.bias_hh_l0.grad = lstm.bias_ih_l0.grad.clone()
+        return grad_gates @ lstm.weight_ih_l0
+
+    def _trunk_backward(self, grad: Tensor) -> None:
+        """Backward through the trunk's layers, batched over all recorded rows, from grad at its output [T*B, F]."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if isinstance(layer, nn.Flatten):
+                grad = grad.reshape(self.inputs[i].shape)
+            elif isinstance(layer, _ACTIVATIONS):
+                grad = _activation_backward(layer, grad, self.inputs[i + 1])
+            elif isinstance(layer, nn.Linear):
+                inp = self.inputs[i]
+                layer.weight.grad = grad.t() @ inp
+                layer.bias.grad = grad.sum(0)
+                grad = grad @ layer.weight if i > 0 else grad
+            else:
+                grad = _conv_backward(layer, grad, self.inputs[i], input_grad=i > 0)
+
+
+def _format(x: Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _activation_into(layer: nn.Module, x: Tensor, out: Tensor) -> Tensor:
+    """layer(x) written into out."""
+    if isinstance(layer, nn.ELU):
+        return torch.ops.aten.elu.out(x, layer.alpha, 1.0, 1.0, out=out)
+    if isinstance(layer, nn.ReLU):
+        return torch.clamp_min(x, 0.0, out=out)
+    return torch.tanh(x, out=out)
+
+
+def _activation_backward(layer: nn.Module, grad: Tensor, output: Tensor) -> Tensor:
+    """Gradient at an activation's input from its output (all three are functions of their own output)."""
+    if isinstance(layer, nn.ELU):
+        return torch.ops.aten.elu_backward(grad, layer.alpha, 1.0, 1.0, True, output)
+    if isinstance(layer, nn.ReLU):
+        return torch.ops.aten.threshold_backward(grad, output, 0.0)
+    return torch.ops.aten.tanh_backward(grad, output)
+
+
+def _conv_backward(conv: nn.Conv2d, grad: Tensor, inp: Tensor, input_grad: bool) -> Tensor:
+    """Set the conv's weight and bias gradients; return the gradient at its input (None for the first layer)."""
+    weight = conv.weight
+    scale = getattr(conv, "weight_scale", 1.0)  # PixelConv2d convolves with weight / 255
+    grad = grad.contiguous(memory_format=_format(inp))
+    grad_input, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        grad,
+        inp,
+        weight * scale if scale != 1.0 else weight,
+        [weight.shape[0]],
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        False,
+        [0, 0],
+        conv.groups,
+        [input_grad, True, True],
+    )
+    conv.weight.grad = grad_weight * scale if scale != 1.0 else grad_weight
+    conv.bias.grad = grad_bias
+    return grad_input
+
+
+def replay_loss_inputs(model: ActorCritic, tape: Tape) -> tuple[Tensor, Tensor, Tensor]:
+    """(hiddens as a leaf that collects its gradient, logits [T, B, A], values [T, B]) for the loss."""
+    hiddens = tape.hiddens.detach().requires_grad_()
+    logits, values = model.heads(hiddens)
+    return hiddens, logits, values

@@ -1,0 +1,150 @@
+"""The replayed backward pass gives the gradients autograd gives on the recomputed rollout (forward_rollout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from a3c.config import build_config
+from a3c.losses import LossTerms, a3c_loss, compute_targets
+from a3c.model import ActorCritic
+from a3c.replay import Tape, replay_loss_inputs
+from a3c.trainer import Trainer
+from a3c.worker import Rollout, Worker
+
+NETS = {
+    "pong (small, standardized, no fc)": ((1, 42, 42), "small", True, False),
+    "paper (pixels / 255, fc)": ((4, 84, 84), "paper", False, True),
+    "small with fc": ((2, 42, 42), "small", False, True),
+    "mlp (vector observations)": ((4,), "paper", False, True),
+}
+
+
+def rollout_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor) -> LossTerms:
+    """The worker's loss for logits [T, B, A] and values [T, B], bootstrapping from next_values [T, B]."""
+    next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
+    targets = compute_targets(
+        rollout.rewards, values.detach(), next_values, rollout.terminated, rollout.episode_ends, 0.99, 1.0
+    )
+    return a3c_loss(logits, values, rollout.actions, targets, entropy_coef=0.01, value_loss_coef=0.5)
+
+
+def reference_gradients(model: ActorCritic, rollout: Rollout) -> dict[str, torch.Tensor]:
+    """Autograd on the recomputed rollout."""
+    model.zero_grad(set_to_none=True)
+    logits, values = model.forward_rollout(rollout.obs, rollout.state, rollout.resets)
+    rollout_loss(rollout, logits[:-1], values[:-1], values[1:].detach()).total.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def replayed_gradients(model: ActorCritic, tape: Tape, rollout: Rollout) -> dict[str, torch.Tensor]:
+    """The worker's way: heads and loss through autograd, the LSTM and the trunk replayed from the tape."""
+    model.zero_grad(set_to_none=True)
+    hiddens, logits, values = replay_loss_inputs(model, tape)
+    next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
+    rollout_loss(rollout, logits, values, next_values).total.backward()
+    tape.backward(hiddens.grad, rollout.state, rollout.resets)
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def assert_same_gradients(replayed: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert replayed.keys() == reference.keys()
+    for name, grad in reference.items():
+        assert grad.abs().max() > 0, f"{name}: the reference gradient is zero, the test would prove nothing"
+        assert_close(replayed[name], grad, rtol=1e-4, atol=1e-4 * grad.abs().max().item(), msg=name)
+
+
+def synthetic_rollout(model: ActorCritic, tape: Tape, steps: int, batch: int, resets_at: list[tuple[int, int]]):
+    """Step the tape over random observations, zeroing the state where resets_at says an episode began."""
+    if model.is_image:
+        obs = torch.randint(0, 256, (steps + 1, batch, *model.obs_shape), dtype=torch.uint8)
+    else:
+        obs = torch.randn(steps + 1, batch, *model.obs_shape)
+    resets = torch.zeros(steps + 1, batch)
+    for t, k in resets_at:
+        resets[t, k] = 1.0
+    state = (torch.randn(batch, model.hidden_size), torch.randn(batch, model.hidden_size))  # a carried-in state
+    terminated = torch.zeros(steps, batch, dtype=torch.bool)
+    truncated = torch.zeros(steps, batch, dtype=torch.bool)
+    for t, k in resets_at:
+        if t > 0:
+            (terminated if (t + k) % 2 else truncated)[t - 1, k] = True
+    with torch.inference_mode():
+        h, c = state
+        for t in range(steps + 1):
+            keep = (1.0 - resets[t]).unsqueeze(1)
+            h, c = h * keep, c * keep
+            if t < steps:
+                _, _, (h, c) = tape.step(t, obs[t], (h, c))
+        bootstrap_values = model(obs[steps], (h, c)).value.clone()
+    return Rollout(
+        obs=obs,
+        actions=torch.randint(0, model.num_actions, (steps, batch)),
+        rewards=torch.randn(steps, batch),
+        terminated=terminated,
+        episode_ends=terminated | truncated,
+        truncated=truncated,
+        truncation_values=torch.randn(steps, batch) * truncated,
+        resets=resets,
+        state=state,
+        bootstrap_values=bootstrap_values,
+    )
+
+
+@pytest.mark.parametrize("net", NETS, ids=str)
+@pytest.mark.parametrize("resets_at", [[], [(0, 1), (2, 0), (4, 0), (4, 1), (6, 0)]], ids=["no resets", "resets"])
+def test_replayed_gradients_equal_autograd_on_the_recomputed_rollout(net: str, resets_at: list[tuple[int, int]]):
+    """Every parameter's gradient, for each trunk, with episodes beginning mid-rollout (and at step 0, and at the
+    bootstrap step), in both games of a batch of 2."""
+    torch.manual_seed(0)
+    obs_shape, arch, standardize, fc = NETS[net]
+    model = ActorCritic(
+        obs_shape, num_actions=6, hidden_size=32, arch=arch, standardize_frames=standardize, fc_layer=fc
+    )
+    steps, batch = 6, 2
+    tape = Tape(model, steps, batch)
+    rollout = synthetic_rollout(model, tape, steps, batch, resets_at)
+    assert_same_gradients(replayed_gradients(model, tape, rollout), reference_gradients(model, rollout))
+
+
+def test_a_tape_is_reused_across_rollouts():
+    """The tape's buffers are overwritten each rollout: the second rollout's gradients are its own."""
+    torch.manual_seed(1)
+    model = ActorCritic((1, 42, 42), num_actions=6, hidden_size=32, arch="small", standardize_frames=True)
+    tape = Tape(model, 5, 1)
+    first = synthetic_rollout(model, tape, 5, 1, [(3, 0)])
+    second = synthetic_rollout(model, tape, 5, 1, [])
+    assert_same_gradients(replayed_gradients(model, tape, second), reference_gradients(model, second))
+    assert not torch.equal(first.obs, second.obs)
+
+
+def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path):
+    """A real worker on CartPole (2 games, 15-step time limit: terminations and truncations mid-rollout): the
+    gradients its update computes equal autograd's on the rollout it collected."""
+    cfg = build_config(
+        {
+            "env_name": "CartPole-v1",
+            "envs_per_worker": 2,
+            "rollout_len": 20,
+            "ep_length": 15,
+            "max_grad_norm": 1e9,  # no clipping: compare the raw gradients
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "plot_dir": str(tmp_path / "plots"),
+        }
+    )
+    trainer = Trainer(cfg)
+    worker = Worker(0, cfg, trainer.shared)
+    seen_truncation = seen_termination = False
+    for _ in range(4):
+        worker.sync()
+        rollout = worker.collect()
+        assert worker.update(rollout) is not None
+        replayed = {name: p.grad.clone() for name, p in worker.model.named_parameters()}
+        assert_same_gradients(replayed, reference_gradients(worker.model, rollout))
+        seen_truncation |= bool(rollout.truncated.any())
+        seen_termination |= bool(rollout.terminated.any())
+    assert seen_truncation and seen_termination
+    worker.close()
