@@ -23,9 +23,16 @@ def _trunk_layers(model: ActorCritic) -> list[nn.Module]:
     """The trunk's layers in forward order (nested Sequentials flattened); raises TypeError for a layer whose
     backward pass is not written here."""
     layers = [m for m in model.trunk.modules() if not isinstance(m, nn.Sequential)]
-    for layer in layers:
-        if not isinstance(layer, (*_ACTIVATIONS, *_WEIGHTED, nn.Flatten)):
-            raise TypeError(f"no replayed backward pass for {type(layer).__name__}")
+    for i, layer in enumerate(layers):
+        supported = isinstance(layer, (*_ACTIVATIONS, *_WEIGHTED, nn.Flatten))
+        if isinstance(layer, _WEIGHTED):
+            supported = layer.bias is not None
+        if isinstance(layer, nn.Conv2d):
+            supported &= layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+        if isinstance(layer, nn.Flatten):
+            supported &= i > 0 and isinstance(layers[i - 1], _ACTIVATIONS)
+        if not supported or (i == 0 and not isinstance(layer, _WEIGHTED)):
+            raise TypeError(f"no replayed backward pass for trunk layer {i}: {layer}")
     return layers
 
 
@@ -127,10 +134,10 @@ class Tape:
                 dh_next *= keep[t]
                 dc_next *= keep[t]
         grad_gates = grad_gates.view(steps * batch, 4 * hidden)
-        lstm.weight_ih_l0.grad = grad_gates.t() @ x
-        lstm.weight_hh_l0.grad = grad_gates.t() @ h_prev.view(-1, hidden)
-        lstm.bias_ih_l0.grad = grad_gates.sum(0)
-        lstm.bias_hh_l0.grad = lstm.bias_ih_l0.grad.clone()
+        _set_grad(lstm.weight_ih_l0, grad_gates.t() @ x)
+        _set_grad(lstm.weight_hh_l0, grad_gates.t() @ h_prev.view(-1, hidden))
+        _set_grad(lstm.bias_ih_l0, grad_gates.sum(0))
+        _set_grad(lstm.bias_hh_l0, grad_gates.sum(0))  # a tensor of its own: clipping scales each grad in place
         return grad_gates @ lstm.weight_ih_l0
 
     def _trunk_backward(self, grad: Tensor) -> None:
@@ -143,8 +150,8 @@ class Tape:
                 grad = _activation_backward(layer, grad, self.inputs[i + 1])
             elif isinstance(layer, nn.Linear):
                 inp = self.inputs[i]
-                layer.weight.grad = grad.t() @ inp
-                layer.bias.grad = grad.sum(0)
+                _set_grad(layer.weight, grad.t() @ inp)
+                _set_grad(layer.bias, grad.sum(0))
                 grad = grad @ layer.weight if i > 0 else grad
             else:
                 grad = _conv_backward(layer, grad, self.inputs[i], input_grad=i > 0)
@@ -154,6 +161,14 @@ def _format(x: Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def _set_grad(param: nn.Parameter, grad: Tensor) -> None:
+    """param.grad = grad, laid out like param (autograd's guarantee, which the fused Adam step relies on: it walks
+    parameter and gradient by memory offset, so a channels_last weight needs a channels_last gradient)."""
+    if grad.stride() != param.stride():
+        grad = torch.empty_like(param).copy_(grad)
+    param.grad = grad
 
 
 def _activation_into(layer: nn.Module, x: Tensor, out: Tensor) -> Tensor:
@@ -192,8 +207,8 @@ def _conv_backward(conv: nn.Conv2d, grad: Tensor, inp: Tensor, input_grad: bool)
         conv.groups,
         [input_grad, True, True],
     )
-    conv.weight.grad = grad_weight * scale if scale != 1.0 else grad_weight
-    conv.bias.grad = grad_bias
+    _set_grad(conv.weight, grad_weight * scale if scale != 1.0 else grad_weight)
+    _set_grad(conv.bias, grad_bias)
     return grad_input
 
 

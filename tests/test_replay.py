@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
 from a3c.config import build_config
@@ -121,30 +122,64 @@ def test_a_tape_is_reused_across_rollouts():
     assert not torch.equal(first.obs, second.obs)
 
 
-def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path):
-    """A real worker on CartPole (2 games, 15-step time limit: terminations and truncations mid-rollout): the
-    gradients its update computes equal autograd's on the rollout it collected."""
+def worker_updates_match_autograd(tmp_path: Path, updates: int, **settings: object) -> list[Rollout]:
+    """Run a real worker's collect and update `updates` times, checking each update's gradients (and their memory
+    layout, which the fused Adam step relies on) against autograd on the rollout it collected."""
     cfg = build_config(
         {
-            "env_name": "CartPole-v1",
-            "envs_per_worker": 2,
-            "rollout_len": 20,
-            "ep_length": 15,
             "max_grad_norm": 1e9,  # no clipping: compare the raw gradients
             "checkpoint_dir": str(tmp_path / "checkpoints"),
             "plot_dir": str(tmp_path / "plots"),
+            **settings,
         }
     )
-    trainer = Trainer(cfg)
-    worker = Worker(0, cfg, trainer.shared)
-    seen_truncation = seen_termination = False
-    for _ in range(4):
-        worker.sync()
-        rollout = worker.collect()
-        assert worker.update(rollout) is not None
-        replayed = {name: p.grad.clone() for name, p in worker.model.named_parameters()}
-        assert_same_gradients(replayed, reference_gradients(worker.model, rollout))
-        seen_truncation |= bool(rollout.truncated.any())
-        seen_termination |= bool(rollout.terminated.any())
-    assert seen_truncation and seen_termination
-    worker.close()
+    worker = Worker(0, cfg, Trainer(cfg).shared)
+    rollouts = []
+    try:
+        for _ in range(updates):
+            worker.sync()
+            rollout = worker.collect()
+            assert worker.update(rollout) is not None
+            params = dict(worker.model.named_parameters())
+            assert all(p.grad.stride() == p.stride() for p in params.values())
+            replayed = {name: p.grad.clone() for name, p in params.items()}
+            assert_same_gradients(replayed, reference_gradients(worker.model, rollout))
+            rollouts.append(rollout)
+    finally:
+        worker.close()
+    return rollouts
+
+
+def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path):
+    """A real worker on CartPole (2 games, 15-step time limit: terminations and truncations mid-rollout): the
+    gradients its update computes equal autograd's on the rollout it collected."""
+    settings = {"env_name": "CartPole-v1", "envs_per_worker": 2, "rollout_len": 20, "ep_length": 15}
+    rollouts = worker_updates_match_autograd(tmp_path, 4, **settings)
+    assert any(r.truncated.any() for r in rollouts) and any(r.terminated.any() for r in rollouts)
+
+
+@pytest.mark.parametrize("config", ["pong.toml", "the paper's net"])
+def test_worker_update_on_pong_hands_over_the_autograd_gradients(tmp_path: Path, config: str):
+    """The same on real Pong frames, with Pong's default net and with the paper's (84x84x4, pixels / 255, fc)."""
+    settings: dict[str, object] = {"env_name": "PongNoFrameskip-v4", "rollout_len": 10, "hidden_size": 32}
+    if config != "pong.toml":
+        settings |= {"arch": "paper", "frame_size": 84, "frame_stack": 4, "standardize_frames": False}
+        settings |= {"fc_layer": True, "crop_top": 0, "crop_bottom": 0}
+    worker_updates_match_autograd(tmp_path, 2, **settings)
+
+
+@pytest.mark.parametrize(
+    "trunk",
+    [
+        nn.Sequential(nn.Linear(4, 8), nn.Sigmoid()),
+        nn.Sequential(nn.Linear(4, 8, bias=False), nn.Tanh()),
+        nn.Sequential(nn.Tanh(), nn.Linear(4, 8), nn.Tanh()),
+    ],
+    ids=["an unknown activation", "no bias", "an activation first"],
+)
+def test_a_trunk_without_a_written_backward_pass_is_refused(trunk: nn.Module):
+    """A trunk layer the replay cannot differentiate raises TypeError instead of giving wrong gradients."""
+    model = ActorCritic((4,), num_actions=2, hidden_size=8)
+    model.trunk = trunk
+    with pytest.raises(TypeError, match="no replayed backward pass"):
+        Tape(model, steps=3, batch=1)
