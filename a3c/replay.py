@@ -89,6 +89,12 @@ class Tape:
         logits, value = self.model.heads(h)
         return PolicyOutput(logits, value, (h, c))
 
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(the recorded hiddens as a leaf that collects the loss's gradient, logits [T, B, A], values [T, B])."""
+        hiddens = self.hiddens.detach().requires_grad_()
+        logits, values = self.model.heads(hiddens)
+        return hiddens, logits, values
+
     def backward(self, grad_hiddens: Tensor, state: LSTMState, resets: Tensor) -> None:
         """Set .grad of the LSTM's and the trunk's parameters from the loss's gradient at the LSTM's outputs.
 
@@ -210,10 +216,3 @@ def _conv_backward(conv: nn.Conv2d, grad: Tensor, inp: Tensor, input_grad: bool)
     _set_grad(conv.weight, grad_weight * scale if scale != 1.0 else grad_weight)
     _set_grad(conv.bias, grad_bias)
     return grad_input
-
-
-def replay_loss_inputs(model: ActorCritic, tape: Tape) -> tuple[Tensor, Tensor, Tensor]:
-    """(hiddens as a leaf that collects its gradient, logits [T, B, A], values [T, B]) for the loss."""
-    hiddens = tape.hiddens.detach().requires_grad_()
-    logits, values = model.heads(hiddens)
-    return hiddens, logits, values

@@ -21,7 +21,7 @@ from a3c.envs import frames_per_step, make_env
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.metrics import GameResult
 from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
-from a3c.replay import Tape, replay_loss_inputs
+from a3c.replay import Tape
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class Worker:
         cfg = self.cfg
         for p in self.params:
             p.grad = None
-        hiddens, logits, values = replay_loss_inputs(self.model, self.tape)
+        hiddens, logits, values = self.tape.outputs()
         next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
         next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
         targets = compute_targets(

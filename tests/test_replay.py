@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from a3c.config import build_config
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.model import ActorCritic
-from a3c.replay import Tape, replay_loss_inputs
+from a3c.replay import Tape
 from a3c.trainer import Trainer
 from a3c.worker import Rollout, Worker
 
@@ -44,7 +44,7 @@ def reference_gradients(model: ActorCritic, rollout: Rollout) -> dict[str, torch
 def replayed_gradients(model: ActorCritic, tape: Tape, rollout: Rollout) -> dict[str, torch.Tensor]:
     """The worker's way: heads and loss through autograd, the LSTM and the trunk replayed from the tape."""
     model.zero_grad(set_to_none=True)
-    hiddens, logits, values = replay_loss_inputs(model, tape)
+    hiddens, logits, values = tape.outputs()
     next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
     rollout_loss(rollout, logits, values, next_values).total.backward()
     tape.backward(hiddens.grad, rollout.state, rollout.resets)
