@@ -154,7 +154,9 @@ class ActorCritic(nn.Module):
         """Recompute a rollout with gradients: obs [T, B, *obs_shape] -> logits [T, B, A], values [T, B].
 
         The trunk runs once over all T*B frames; the LSTM steps from `state`, zeroing it where resets[t] is 1
-        (float32 [T, B]: an episode began at step t), so gradients flow through the whole rollout.
+        (float32 [T, B]: an episode began at step t), so gradients flow through the whole rollout. The worker no
+        longer calls this (it replays the backward pass from a3c/replay.py's Tape); it stays as the plain autograd
+        statement of the maths that the replayed gradients are tested against.
         """
         steps, batch = obs.shape[:2]
         x = self.features(obs.reshape(steps * batch, *self.obs_shape)).view(steps, batch, -1)
