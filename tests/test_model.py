@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
-from a3c.model import ActorCritic, PixelConv2d, standardize_frames
+from a3c.model import ActorCritic, PixelConv2d, sample_actions, standardize_frames
 
 ATARI_SHAPE = (4, 84, 84)
 
@@ -167,3 +168,18 @@ def test_no_fc_layer_feeds_conv_features_to_the_lstm():
     obs = torch.randint(0, 256, (4, 2, 1, 42, 42), dtype=torch.uint8)
     logits, values = model.forward_rollout(obs, model.initial_state(2), torch.zeros(4, 2))
     assert logits.shape == (4, 2, 6) and values.shape == (4, 2)
+
+
+def test_sample_actions_follows_the_softmax_of_each_row():
+    """Each row's action frequencies match softmax(logits) (40,000 draws, within 4 standard errors), rows are
+    sampled independently, and a dominant logit always wins."""
+    logits = torch.tensor(
+        [[0.0, 1.0, -1.0, 2.0, 0.5, -3.0], [5.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 60.0]]
+    )
+    rng = np.random.default_rng(0)
+    draws = np.stack([sample_actions(logits, rng) for _ in range(40_000)])  # [draws, rows]
+    assert draws.dtype == np.int64
+    for row, probs in enumerate(torch.softmax(logits, -1).numpy().astype(np.float64)):
+        freq = np.bincount(draws[:, row], minlength=6) / len(draws)
+        assert np.all(np.abs(freq - probs) <= 4 * np.sqrt(probs * (1 - probs) / len(draws)) + 1e-12), (row, freq, probs)
+    assert np.all(draws[:, 2] == 5)

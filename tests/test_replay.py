@@ -73,6 +73,7 @@ def synthetic_rollout(model: ActorCritic, tape: Tape, steps: int, batch: int, re
     for t, k in resets_at:
         if t > 0:
             (terminated if (t + k) % 2 else truncated)[t - 1, k] = True
+    tape.start()
     with torch.inference_mode():
         h, c = state
         for t in range(steps + 1):
@@ -120,6 +121,24 @@ def test_a_tape_is_reused_across_rollouts():
     second = synthetic_rollout(model, tape, 5, 1, [])
     assert_same_gradients(replayed_gradients(model, tape, second), reference_gradients(model, second))
     assert not torch.equal(first.obs, second.obs)
+
+
+def test_tape_steps_are_the_models_forward_with_the_weights_taken_at_start():
+    """step() gives model.forward's logits, value and state; after the weights change, start() takes the new ones."""
+    torch.manual_seed(2)
+    model = ActorCritic((1, 42, 42), num_actions=6, hidden_size=32, arch="small", standardize_frames=True)
+    tape = Tape(model, 3, 2)
+    obs = torch.randint(0, 256, (2, 1, 42, 42), dtype=torch.uint8)
+    state = (torch.randn(2, 32), torch.randn(2, 32))
+    for _ in range(2):
+        tape.start()
+        with torch.inference_mode():
+            got, want = tape.step(1, obs, state), model(obs, state)
+        for a, b in zip((got.logits, got.value, *got.state), (want.logits, want.value, *want.state), strict=True):
+            assert_close(a, b, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            for p in model.lstm.parameters():
+                p.add_(torch.randn_like(p))
 
 
 def worker_updates_match_autograd(tmp_path: Path, updates: int, **settings: object) -> list[Rollout]:
