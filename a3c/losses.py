@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,16 +40,20 @@ def compute_targets(
     next_values[t] is V of the observation after step t (before any reset): the bootstrap at a truncation or at the
     rollout's end. terminated[t] zeroes it (a true terminal); episode_ends[t] (terminated or truncated) stops the
     recursion from reaching into the next episode. With gae_lambda = 1 the advantage is the paper's n-step one,
-    R_t - V(s_t) with R_t = r_t + gamma r_{t+1} + ... + gamma^k V(s_{t+k}).
+    R_t - V(s_t) with R_t = r_t + gamma r_{t+1} + ... + gamma^k V(s_{t+k}). Targets carry no gradient through
+    the recursion (the loss detaches them anyway).
     """
     not_terminal = 1.0 - terminated.float()
     carry = gamma * gae_lambda * (1.0 - episode_ends.float())
     deltas = rewards + gamma * next_values * not_terminal - values
     advantages = torch.empty_like(deltas)
-    running = torch.zeros_like(deltas[0])
-    for t in range(deltas.shape[0] - 1, -1, -1):
-        running = deltas[t] + carry[t] * running
-        advantages[t] = running
+    # The recursion runs on numpy views of the same memory: T steps of tiny vectors, where a numpy call costs a
+    # fraction of a torch one.
+    deltas_np, carry_np, advantages_np = deltas.detach().numpy(), carry.numpy(), advantages.numpy()
+    running = np.zeros_like(deltas_np[0])
+    for t in range(deltas_np.shape[0] - 1, -1, -1):
+        running = deltas_np[t] + carry_np[t] * running
+        advantages_np[t] = running
     return Targets(advantages + values, advantages)
 
 

@@ -177,6 +177,33 @@ def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path):
     assert any(r.truncated.any() for r in rollouts) and any(r.terminated.any() for r in rollouts)
 
 
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 1e9], ids=["clipped", "within the limit"])
+def test_worker_update_clips_the_gradient_norm(tmp_path: Path, max_grad_norm: float):
+    """Above --max-grad-norm every gradient is scaled by max / (norm + 1e-6), as clip_grad_norm_ does; within it
+    they are left as they are."""
+    cfg = build_config(
+        {
+            "env_name": "CartPole-v1",
+            "max_grad_norm": max_grad_norm,
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "plot_dir": str(tmp_path / "plots"),
+        }
+    )
+    worker = Worker(0, cfg, Trainer(cfg).shared)
+    try:
+        worker.sync()
+        rollout = worker.collect()
+        assert worker.update(rollout) is not None
+        got = {name: p.grad.clone() for name, p in worker.model.named_parameters()}
+        reference = reference_gradients(worker.model, rollout)
+        norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in reference.values()]))
+        scale = min(1.0, max_grad_norm / (float(norm) + 1e-6))
+        assert (scale < 1.0) == (max_grad_norm < 1.0)
+        assert_same_gradients(got, {name: g * scale for name, g in reference.items()})
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("config", ["pong.toml", "the paper's net"])
 def test_worker_update_on_pong_hands_over_the_autograd_gradients(tmp_path: Path, config: str):
     """The same on real Pong frames, with Pong's default net and with the paper's (84x84x4, pixels / 255, fc)."""
