@@ -64,8 +64,8 @@ class Tape:
         self.hiddens = torch.zeros(steps, batch, hidden)
         self.cells = torch.zeros(steps, batch, hidden)
         # The LSTM's two weight matrices side by side, and its two biases summed: one matrix product per step
-        # instead of two (the step reads 2 MB of weights for a batch of one; about a quarter faster). Filled by start().
-        # Likewise the policy and value heads stacked into one layer. Filled by start().
+        # instead of two (the step reads 2 MB of weights for a batch of one; about a quarter faster). Likewise the
+        # policy and value heads, stacked into one layer. All filled by start().
         lstm = model.lstm
         self.lstm_weight = torch.empty(4 * hidden, lstm.input_size + hidden)
         self.lstm_bias = torch.empty(4 * hidden)

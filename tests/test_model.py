@@ -171,8 +171,8 @@ def test_no_fc_layer_feeds_conv_features_to_the_lstm():
 
 
 def test_sample_actions_follows_the_softmax_of_each_row():
-    """Each row's action frequencies match softmax(logits) (40,000 draws, within 4 standard errors), rows are
-    sampled independently, and a dominant logit always wins."""
+    """Each row's action frequencies match that row's softmax(logits) (40,000 draws, within 4 standard errors), and
+    a dominant logit always wins."""
     logits = torch.tensor(
         [[0.0, 1.0, -1.0, 2.0, 0.5, -3.0], [5.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 60.0]]
     )

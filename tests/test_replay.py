@@ -137,7 +137,7 @@ def test_tape_steps_are_the_models_forward_with_the_weights_taken_at_start():
         for a, b in zip((got.logits, got.value, *got.state), (want.logits, want.value, *want.state), strict=True):
             assert_close(a, b, rtol=1e-5, atol=1e-6)
         with torch.no_grad():
-            for p in model.lstm.parameters():
+            for p in [*model.lstm.parameters(), *model.policy.parameters(), *model.value.parameters()]:
                 p.add_(torch.randn_like(p))
 
 
