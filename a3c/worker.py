@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -290,6 +291,7 @@ def child_process(rank: int, shared: SharedState) -> Iterator[int]:
     Ctrl-C left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the
     end the results queue flushed, or abandoned if the trainer is gone. Yields the trainer's pid."""
     torch.set_num_threads(1)  # one intra-op thread per process: the workers already use every core
+    cv2.setNumThreads(1)  # the same for OpenCV's resize, whose pool would otherwise wake a thread per core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
     parent = os.getppid()
     try:

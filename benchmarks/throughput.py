@@ -2,7 +2,8 @@
 
     python benchmarks/throughput.py --env-name PongNoFrameskip-v4 --n-workers 2 --seconds 60
 
-1. Ceiling: n processes step the game through make_env (the exact wrapper stack training uses) with random actions.
+1. Ceiling: n processes step the game through gymnasium's AtariPreprocessing and wrappers (make_reference_env, the
+   same game as training's make_env, which skips the wrappers' overhead) with random actions.
 2. Training: the real Trainer (the code path of main.py) with n workers, measured for the same seconds after a
    warm-up, start-up excluded. Outputs go to a temporary folder, never the repository's checkpoints/ or plots/.
 3. Where a worker's time goes (from the workers' own timers), and the memory (unique set size) of the parent and
@@ -27,12 +28,12 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from a3c.config import build_config  # noqa: E402
-from a3c.envs import frames_per_step, make_env  # noqa: E402
+from a3c.envs import frames_per_step, make_reference_env  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
 
 
 def _step_randomly(cfg, seed: int, seconds: float, results) -> None:
-    env = make_env(cfg, seed=seed)
+    env = make_reference_env(cfg, seed=seed)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     n_actions = env.action_space.n
@@ -52,7 +53,7 @@ def _step_randomly(cfg, seed: int, seconds: float, results) -> None:
 
 
 def measure_ceiling(cfg, n: int, seconds: float) -> float:
-    """Emulator frames/s of n processes stepping make_env's stack with random actions."""
+    """Emulator frames/s of n processes stepping gymnasium's stack (make_reference_env) with random actions."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     procs = [ctx.Process(target=_step_randomly, args=(cfg, cfg.seed + i, seconds, results)) for i in range(n)]

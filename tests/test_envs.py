@@ -1,4 +1,5 @@
-"""make_env on real ALE games and CartPole: observation format, reward clipping, FIRE on reset, life-loss flags."""
+"""make_env on real ALE games and CartPole: observation format, reward clipping, FIRE on reset, life-loss flags;
+AtariGame step for step against the stack of gymnasium wrappers (make_reference_env)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import numpy as np
 import pytest
 
 from a3c.config import Config, ConfigError
-from a3c.envs import FireOnReset, LifeLoss, check_env_id, env_spaces, frames_per_step, make_env
+from a3c.envs import (
+    AtariGame,
+    FireOnReset,
+    LifeLoss,
+    check_env_id,
+    env_spaces,
+    frames_per_step,
+    make_env,
+    make_reference_env,
+)
 
 
 def wrapper_chain(env: gym.Env) -> list[type]:
@@ -104,13 +114,17 @@ def test_no_clipping_when_disabled():
     assert max(rewards) > 1
 
 
-def test_breakout_fires_on_reset_and_flags_lost_lives():
-    """Breakout gets FireOnReset; losing a life sets info['life_lost'] while the game goes on."""
-    env = make_env(Config(env_name="BreakoutNoFrameskip-v4"), seed=3)
+@pytest.mark.parametrize("make", [make_env, make_reference_env])
+def test_breakout_fires_on_reset_and_flags_lost_lives(make):
+    """Breakout presses FIRE after reset and lost lives; losing a life sets info['life_lost'] while the game goes on."""
+    env = make(Config(env_name="BreakoutNoFrameskip-v4"), seed=3)
     try:
-        chain = wrapper_chain(env)
-        assert FireOnReset in chain and LifeLoss in chain
-        assert chain.index(LifeLoss) < chain.index(FireOnReset)  # LifeLoss sees the lives after the FIRE press
+        if make is make_reference_env:
+            chain = wrapper_chain(env)
+            assert FireOnReset in chain and LifeLoss in chain
+            assert chain.index(LifeLoss) < chain.index(FireOnReset)  # LifeLoss sees the lives after the FIRE press
+        else:
+            assert isinstance(env, AtariGame) and env.fire_on_reset
         _, info = env.reset(seed=3)
         assert info["lives"] == 5 and info["life_lost"] is False
         rng = np.random.default_rng(3)
@@ -128,6 +142,51 @@ def test_breakout_fires_on_reset_and_flags_lost_lives():
         assert len(lost_at) >= 2
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "seed", "steps"),
+    [
+        # Pong as trained: no-op starts, cropped 42x42 single frames, FIRE after reset; whole games end it
+        (Config(env_name="PongNoFrameskip-v4", frame_size=42, frame_stack=1, crop_top=34, crop_bottom=16), 1, 2500),
+        # lives, FIRE after each lost life, the four-frame stack
+        (Config(env_name="BreakoutNoFrameskip-v4"), 3, 2500),
+        # v5's sticky actions, another frame skip and stack, the time limit
+        (Config(env_name="ALE/Pong-v5", frame_stack=2, frame_skip=3, ep_length=400), 2, 1000),
+        # rewards above 1, clipped when training
+        (Config(env_name="SpaceInvadersNoFrameskip-v4", ep_length=300), 0, 700),
+    ],
+    ids=["pong", "breakout", "pong-v5", "space-invaders"],
+)
+def test_atari_game_plays_the_reference_stack_step_for_step(cfg: Config, seed: int, steps: int):
+    """make_env's AtariGame and gymnasium's wrappers (make_reference_env) give the same observations, rewards,
+    ends, lives and episode records for the same seed and actions, across several games and resets."""
+    game, reference = make_env(cfg, seed=seed), make_reference_env(cfg, seed=seed)
+    try:
+        assert isinstance(game, AtariGame) and game.observation_space == reference.observation_space
+        (obs, info), (ref_obs, ref_info) = game.reset(seed=seed), reference.reset(seed=seed)
+        np.testing.assert_array_equal(obs, ref_obs)
+        assert info["lives"] == ref_info["lives"]
+        rng = np.random.default_rng(seed)
+        games = 0
+        for step in range(steps):
+            action = int(rng.integers(game.action_space.n))
+            obs, reward, terminated, truncated, info = game.step(action)
+            ref_obs, ref_reward, ref_terminated, ref_truncated, ref_info = reference.step(action)
+            np.testing.assert_array_equal(obs, ref_obs, err_msg=f"step {step}")
+            assert (reward, terminated, truncated) == (ref_reward, ref_terminated, ref_truncated), step
+            assert (info["lives"], info["life_lost"]) == (ref_info["lives"], ref_info["life_lost"]), step
+            assert ("episode" in info) == ("episode" in ref_info), step
+            if terminated or truncated:
+                games += 1
+                assert info["episode"]["r"] == ref_info["episode"]["r"]
+                assert info["episode"]["l"] == ref_info["episode"]["l"]
+                (obs, _), (ref_obs, _) = game.reset(), reference.reset()
+                np.testing.assert_array_equal(obs, ref_obs)
+        assert games >= 1
+    finally:
+        game.close()
+        reference.close()
 
 
 def test_cartpole_is_a_plain_vector_env():
@@ -187,7 +246,8 @@ def test_crop_cuts_rows_before_resizing():
     from a3c.envs import CroppedPreprocessing
 
     cfg = Config(env_name="PongNoFrameskip-v4", frame_size=42, frame_stack=1, noop_max=0)
-    plain, cropped = make_env(cfg, seed=1), make_env(cfg.replace(crop_top=34, crop_bottom=16), seed=1)
+    plain = make_reference_env(cfg, seed=1)
+    cropped = make_reference_env(cfg.replace(crop_top=34, crop_bottom=16), seed=1)
     try:
         (plain_obs, _), (cropped_obs, _) = plain.reset(seed=1), cropped.reset(seed=1)
         for _ in range(40):
