@@ -84,6 +84,9 @@ class Trainer:
             history = self._resume()
         self.model.share_memory()
         self.ctx = mp.get_context("spawn")
+        # Spawned children inherit this before numpy loads: its OpenBLAS (the LSTM step's product) would otherwise
+        # start a thread per core in every worker, on cores the other workers already use.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.shared = SharedState(
             model=self.model,
             optimizer=self.optimizer,

@@ -123,13 +123,14 @@ def test_a_tape_is_reused_across_rollouts():
     assert not torch.equal(first.obs, second.obs)
 
 
-def test_tape_steps_are_the_models_forward_with_the_weights_taken_at_start():
+@pytest.mark.parametrize("batch", [1, 2], ids=["one game (numpy's product)", "two games"])
+def test_tape_steps_are_the_models_forward_with_the_weights_taken_at_start(batch: int):
     """step() gives model.forward's logits, value and state; after the weights change, start() takes the new ones."""
     torch.manual_seed(2)
     model = ActorCritic((1, 42, 42), num_actions=6, hidden_size=32, arch="small", standardize_frames=True)
-    tape = Tape(model, 3, 2)
-    obs = torch.randint(0, 256, (2, 1, 42, 42), dtype=torch.uint8)
-    state = (torch.randn(2, 32), torch.randn(2, 32))
+    tape = Tape(model, 3, batch)
+    obs = torch.randint(0, 256, (batch, 1, 42, 42), dtype=torch.uint8)
+    state = (torch.randn(batch, 32), torch.randn(batch, 32))
     for _ in range(2):
         tape.start()
         with torch.inference_mode():
