@@ -310,12 +310,18 @@ def make_env(
         env = gym.make(cfg.env_name, render_mode=render_mode)
         if frame_sink is not None:
             env = RecordFrames(env, frame_sink)
-        if cfg.ep_length > 0:
-            env = TimeLimit(env, max_episode_steps=cfg.ep_length)
-        env = RecordEpisodeStatistics(env)
-        if training and cfg.clip_rewards:
-            env = TransformReward(env, lambda r: float(np.sign(r)))
+        env = _episode_wrappers(env, cfg, training)
     env.action_space.seed(seed)
+    return env
+
+
+def _episode_wrappers(env: gym.Env, cfg: Config, training: bool) -> gym.Env:
+    """The time limit, the real score in info["episode"], and the reward's sign when training."""
+    if cfg.ep_length > 0:
+        env = TimeLimit(env, max_episode_steps=cfg.ep_length)
+    env = RecordEpisodeStatistics(env)
+    if training and cfg.clip_rewards:
+        env = TransformReward(env, lambda r: float(np.sign(r)))
     return env
 
 
@@ -353,12 +359,7 @@ def make_reference_env(
     if _needs_fire(env):
         env = FireOnReset(env)
     env = LifeLoss(env)
-    if cfg.ep_length > 0:
-        env = TimeLimit(env, max_episode_steps=cfg.ep_length)
-    env = RecordEpisodeStatistics(env)
-    if training and cfg.clip_rewards:
-        env = TransformReward(env, lambda r: float(np.sign(r)))
-    env = FrameStackObservation(env, cfg.frame_stack)
+    env = FrameStackObservation(_episode_wrappers(env, cfg, training), cfg.frame_stack)
     env.action_space.seed(seed)
     return env
 
