@@ -57,10 +57,11 @@ class Tape:
             for layer in self.layers:
                 examples.append(x)
                 x = layer(x)
+        examples.append(x)  # each layer's input, then the trunk's output
         keep = [self._needs_input(i) for i in range(len(self.layers))] + [True]  # the trunk's output: the LSTM's x
         self.inputs: list[Tensor | None] = [
             torch.empty((rows, *s.shape[1:])).contiguous(memory_format=_format(s)) if kept else None
-            for s, kept in zip([*examples, x], keep, strict=True)
+            for s, kept in zip(examples, keep, strict=True)
         ]
         hidden = model.hidden_size
         self.hiddens = torch.zeros(steps, batch, hidden)
@@ -80,7 +81,7 @@ class Tape:
         self.heads_weight = torch.empty(model.num_actions + 1, hidden)
         self.heads_bias = torch.empty(model.num_actions + 1)
         plain_convs = all(c.groups == 1 and c.dilation == (1, 1) for c in self.layers if isinstance(c, nn.Conv2d))
-        self.trunk_np = _NumpyTrunk(self) if batch == 1 and plain_convs else None
+        self.trunk_np = _NumpyTrunk(self, examples) if batch == 1 and plain_convs else None
 
     def start(self) -> None:
         """Begin a rollout: take the model's current LSTM and head weights (after the worker's sync) for step()."""
@@ -225,7 +226,8 @@ class _NumpyTrunk:
     the tape's own (channels_last, i.e. H x W x C) layout; the activations write straight into the tape.
     """
 
-    def __init__(self, tape: Tape):
+    def __init__(self, tape: Tape, examples: list[Tensor]):
+        """examples: one input of each trunk layer, then the trunk's output (from Tape's dummy pass)."""
         self.tape = tape
         model = tape.model
         self.standardize = model.standardize
@@ -235,31 +237,27 @@ class _NumpyTrunk:
         assert all(k is None or k.flags.c_contiguous for k in self.kept), "rows written through reshape() views"
         self.plans: list[dict | None] = []
         size = 1
-        with torch.no_grad():  # each layer's input and output shapes
-            x = model.trunk_input(torch.zeros(1, *model.obs_shape, dtype=torch.uint8 if model.is_image else None))
-            for layer in tape.layers:
-                y = layer(x)
-                size = max(size, y.numel())
-                plan = None
-                if isinstance(layer, nn.Conv2d):
-                    (_, channels, height, width), (_, out_channels, out_h, out_w) = x.shape, y.shape
-                    (pad_h, pad_w), (k_h, k_w), (s_h, s_w) = layer.padding, layer.kernel_size, layer.stride
-                    padded = np.zeros((height + 2 * pad_h, width + 2 * pad_w, channels), np.float32)
-                    rows, cols, chans = padded.strides
-                    plan = {
-                        "interior": padded[pad_h : pad_h + height, pad_w : pad_w + width],
-                        # every output pixel's k_h x k_w x C window of the padded input, as a view
-                        "windows": as_strided(
-                            padded, (out_h, out_w, k_h, k_w, channels), (s_h * rows, s_w * cols, rows, cols, chans)
-                        ),
-                        "columns": np.empty((out_h, out_w, k_h, k_w, channels), np.float32),
-                        "weight": np.empty((k_h * k_w * channels, out_channels), np.float32),
-                        "out": np.empty((out_h, out_w, out_channels), np.float32),
-                    }
-                elif isinstance(layer, nn.Linear):
-                    plan = {"out": np.empty((1, layer.out_features), np.float32)}
-                self.plans.append(plan)
-                x = y
+        for layer, x, y in zip(tape.layers, examples[:-1], examples[1:], strict=True):
+            size = max(size, y.numel())
+            plan = None
+            if isinstance(layer, nn.Conv2d):
+                (_, channels, height, width), (_, out_channels, out_h, out_w) = x.shape, y.shape
+                (pad_h, pad_w), (k_h, k_w), (s_h, s_w) = layer.padding, layer.kernel_size, layer.stride
+                padded = np.zeros((height + 2 * pad_h, width + 2 * pad_w, channels), np.float32)
+                rows, cols, chans = padded.strides
+                plan = {
+                    "interior": padded[pad_h : pad_h + height, pad_w : pad_w + width],
+                    # every output pixel's k_h x k_w x C window of the padded input, as a view
+                    "windows": as_strided(
+                        padded, (out_h, out_w, k_h, k_w, channels), (s_h * rows, s_w * cols, rows, cols, chans)
+                    ),
+                    "columns": np.empty((out_h, out_w, k_h, k_w, channels), np.float32),
+                    "weight": np.empty((k_h * k_w * channels, out_channels), np.float32),
+                    "out": np.empty((out_h, out_w, out_channels), np.float32),
+                }
+            elif isinstance(layer, nn.Linear):
+                plan = {"out": np.empty((1, layer.out_features), np.float32)}
+            self.plans.append(plan)
         self.zeros = np.zeros(size, np.float32)
         self.scratch = np.empty(size, np.float32)
 
