@@ -43,7 +43,8 @@ class Tape:
 
     inputs[i] is what trunk layer i received (float32 [T*B, ...], kept only where the backward pass needs it: the
     input of a conv / linear layer, the output of an activation); hiddens and cells (float32 [T, B, hidden]) are the
-    LSTM's outputs at each step, before any reset zeroes the carried state.
+    LSTM's outputs at each step, before any reset zeroes the carried state, and gates (float32 [T, B, 4 * hidden])
+    its gates after their activations (i, f, g, o: torch's order).
     """
 
     def __init__(self, model: ActorCritic, steps: int, batch: int):
@@ -66,12 +67,20 @@ class Tape:
         hidden = model.hidden_size
         self.hiddens = torch.zeros(steps, batch, hidden)
         self.cells = torch.zeros(steps, batch, hidden)
+        # The backward pass reads the gates from here instead of recomputing them (two products of T x B rows).
+        self.gates = torch.zeros(steps, batch, 4 * hidden)
+        self._gates_np = self.gates.numpy()
+        self._hiddens_np, self._cells_np = self.hiddens.numpy(), self.cells.numpy()
         # The LSTM's two weight matrices side by side, and its two biases summed: one matrix product per step
         # instead of two (the step reads 2 MB of weights for a batch of one; about a quarter faster). Likewise the
         # policy and value heads, stacked into one layer. All filled by start().
         lstm = model.lstm
         self.lstm_weight = torch.empty(4 * hidden, lstm.input_size + hidden)
         self.lstm_bias = torch.empty(4 * hidden)
+        self._lstm_bias_np = self.lstm_bias.numpy()
+        self._gate_scale = np.full(4 * hidden, 0.5, np.float32)
+        self._gate_scale[2 * hidden : 3 * hidden] = 1.0
+        self._gate_shift = 1.0 - self._gate_scale
         # For a batch of one the product goes through numpy: OpenBLAS's matrix-vector product takes 34 us where
         # torch's (MKL, on this AMD CPU) takes 50-60, and up to 2x less when the weights have left the cache between
         # steps, as they do in a worker. For larger batches OpenBLAS is the slower one; torch keeps those.
@@ -90,6 +99,11 @@ class Tape:
         with torch.no_grad():
             torch.cat((lstm.weight_ih_l0, lstm.weight_hh_l0), 1, out=self.lstm_weight)
             torch.add(lstm.bias_ih_l0, lstm.bias_hh_l0, out=self.lstm_bias)
+            if self.batch == 1:  # the numpy step's tanh(x / 2) for the sigmoid gates (i, f, o)
+                hidden = model.hidden_size
+                for rows in (slice(0, 2 * hidden), slice(3 * hidden, None)):
+                    self.lstm_weight[rows] *= 0.5
+                    self.lstm_bias[rows] *= 0.5
             torch.cat((model.policy.weight, model.value.weight), out=self.heads_weight)
             torch.cat((model.policy.bias, model.value.bias), out=self.heads_bias)
         if self.trunk_np is not None:
@@ -118,26 +132,46 @@ class Tape:
                     x = layer(x)
                     if kept is not None:
                         kept[rows].copy_(x)
-        h, c = self._lstm_step(x, state)
-        self.hiddens[t].copy_(h)
-        self.cells[t].copy_(c)
+        h, c = self._lstm_step(t, x, state)
         heads = torch.addmm(self.heads_bias, h, self.heads_weight.t())
         return PolicyOutput(heads[:, :-1], heads[:, -1], (h, c))
 
-    def _lstm_step(self, x: Tensor, state: LSTMState) -> LSTMState:
-        """ActorCritic.lstm_step (torch.lstm_cell's maths, its gate order i, f, g, o) from start()'s weights."""
+    def _lstm_step(self, t: int, x: Tensor, state: LSTMState) -> LSTMState:
+        """ActorCritic.lstm_step (torch.lstm_cell's maths, its gate order i, f, g, o) from start()'s weights; the
+        activated gates, the new hidden and cell states are recorded at step t."""
         hidden = self.model.hidden_size
+        gates = self.gates[t]
         if self.batch == 1:
+            # The step in numpy: its few ops on 256 to 1024 numbers cost half what torch's dispatch does. One tanh
+            # serves all four gates, sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving folded into start()'s weights.
             features = x.shape[1]
-            self.lstm_input[:, :features] = x
-            self.lstm_input[:, features:] = state[0]
-            gates = torch.from_numpy(np.matmul(self._lstm_input_np, self._lstm_weight_t_np)).add_(self.lstm_bias)
-        else:
-            gates = torch.addmm(self.lstm_bias, torch.cat((x, state[0]), 1), self.lstm_weight.t())
-        g = gates[:, 2 * hidden : 3 * hidden].tanh()
-        gates.sigmoid_()  # i, f and o; g's slot is not read again
-        c = torch.addcmul(gates[:, hidden : 2 * hidden] * state[1], gates[:, :hidden], g)
-        return gates[:, 3 * hidden :] * c.tanh(), c
+            self._lstm_input_np[:, :features] = x.numpy()
+            self._lstm_input_np[:, features:] = state[0].numpy()
+            gates_np = self._gates_np[t]
+            np.matmul(self._lstm_input_np, self._lstm_weight_t_np, out=gates_np)
+            np.add(gates_np, self._lstm_bias_np, out=gates_np)
+            np.tanh(gates_np, out=gates_np)
+            np.multiply(gates_np, self._gate_scale, out=gates_np)  # (1 + tanh) / 2 for i, f, o; g as it is
+            np.add(gates_np, self._gate_shift, out=gates_np)
+            i, f = gates_np[:, :hidden], gates_np[:, hidden : 2 * hidden]  # slices: np.split costs 14 us
+            g, o = gates_np[:, 2 * hidden : 3 * hidden], gates_np[:, 3 * hidden :]
+            c = f * state[1].numpy()
+            c += i * g
+            h = np.tanh(c)
+            h *= o
+            self._hiddens_np[t] = h
+            self._cells_np[t] = c
+            return torch.from_numpy(h), torch.from_numpy(c)
+        torch.addmm(self.lstm_bias, torch.cat((x, state[0]), 1), self.lstm_weight.t(), out=gates)
+        gates[:, 2 * hidden : 3 * hidden].tanh_()
+        gates[:, : 2 * hidden].sigmoid_()
+        gates[:, 3 * hidden :].sigmoid_()
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.addcmul(f * state[1], i, g)
+        h = o * c.tanh()
+        self.hiddens[t].copy_(h)
+        self.cells[t].copy_(c)
+        return h, c
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
         """(the recorded hiddens as a leaf that collects the loss's gradient, logits [T, B, A], values [T, B])."""
@@ -159,41 +193,45 @@ class Tape:
         """Backpropagation through time over the recorded steps; returns the gradient at the LSTM's input [T*B, F]."""
         lstm = self.model.lstm
         steps, batch, hidden = self.hiddens.shape
-        x = self.inputs[-1]
         keep = (1.0 - resets).unsqueeze(-1)  # [T, B, 1]
-        # The state each step started from, zeroed where an episode began: all known now, so the gates of every
-        # step come from two batched matrix products instead of T small ones.
+        # The state each step started from, zeroed where an episode began.
         h_prev = torch.cat((state[0].unsqueeze(0), self.hiddens[:-1])) * keep
         c_prev = torch.cat((state[1].unsqueeze(0), self.cells[:-1])) * keep
-        gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, x, lstm.weight_ih_l0.t())
-        gates.addmm_(h_prev.view(-1, hidden), lstm.weight_hh_l0.t())
-        i, f, g, o = gates.view(steps, batch, 4, hidden).unbind(2)  # torch's gate order
-        i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+        i, f, g, o = self.gates.view(steps, batch, 4, hidden).unbind(2)
         tanh_c = self.cells.tanh()
         # d(gate pre-activations) = [dc, dc, dc, dh] * factors; dc gains dh * o * (1 - tanh(c)^2) at each step.
         factors = torch.stack((g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), 2)
         dc_from_dh = o * (1 - tanh_c * tanh_c)
-        weight_hh = lstm.weight_hh_l0
-        weight_hh_np = weight_hh.detach().numpy() if batch == 1 else None  # numpy's product, as in _lstm_step
+        # The recursion is T small steps: in numpy, whose ops on a few hundred numbers cost a fraction of torch's
+        # dispatch. For a batch of one its product goes through OpenBLAS too, as in _lstm_step.
+        weight_hh = lstm.weight_hh_l0.detach()
+        weight_hh_np = weight_hh.numpy()
         grad_gates = torch.empty(steps, batch, 4, hidden)
-        dh_next = torch.zeros(batch, hidden)
-        dc_next = torch.zeros(batch, hidden)
+        grad_gates_np, factors_np, f_np = grad_gates.numpy(), factors.numpy(), f.numpy()
+        grad_hiddens_np, dc_from_dh_np, keep_np = grad_hiddens.numpy(), dc_from_dh.numpy(), keep.numpy()
+        dh_next = np.zeros((batch, hidden), np.float32)
+        dc_next = np.zeros((batch, hidden), np.float32)
+        dh, dc = np.empty_like(dh_next), np.empty_like(dc_next)
         has_reset = resets.any(1).tolist()
         for t in range(steps - 1, -1, -1):
-            dh = grad_hiddens[t] + dh_next
-            dc = torch.addcmul(dc_next, dh, dc_from_dh[t])
-            torch.mul(torch.stack((dc, dc, dc, dh), 1), factors[t], out=grad_gates[t])
+            np.add(grad_hiddens_np[t], dh_next, out=dh)
+            np.multiply(dh, dc_from_dh_np[t], out=dc)
+            dc += dc_next
+            out = grad_gates_np[t]  # [B, 4, hidden]
+            np.multiply(dc[:, None], factors_np[t, :, :3], out=out[:, :3])
+            np.multiply(dh, factors_np[t, :, 3], out=out[:, 3])
             if t == 0:
                 break  # the carried-in state is not a parameter
-            if weight_hh_np is not None:
-                dh_next = torch.from_numpy(grad_gates[t].view(1, -1).numpy() @ weight_hh_np)
+            if batch == 1:
+                np.matmul(out.reshape(1, -1), weight_hh_np, out=dh_next)
             else:
-                dh_next = grad_gates[t].view(batch, -1) @ weight_hh
-            dc_next = dc * f[t]
+                torch.mm(grad_gates[t].view(batch, -1), weight_hh, out=torch.from_numpy(dh_next))
+            np.multiply(dc, f_np[t], out=dc_next)
             if has_reset[t]:
-                dh_next *= keep[t]
-                dc_next *= keep[t]
+                dh_next *= keep_np[t]
+                dc_next *= keep_np[t]
         grad_gates = grad_gates.view(steps * batch, 4 * hidden)
+        x = self.inputs[-1]
         _set_grad(lstm.weight_ih_l0, grad_gates.t() @ x)
         _set_grad(lstm.weight_hh_l0, grad_gates.t() @ h_prev.view(-1, hidden))
         _set_grad(lstm.bias_ih_l0, grad_gates.sum(0))
