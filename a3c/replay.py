@@ -60,17 +60,18 @@ class Tape:
                 x = layer(x)
         examples.append(x)  # each layer's input, then the trunk's output
         keep = [self._needs_input(i) for i in range(len(self.layers))] + [True]  # the trunk's output: the LSTM's x
-        self.inputs: list[Tensor | None] = [
-            torch.empty((rows, *s.shape[1:])).contiguous(memory_format=_format(s)) if kept else None
+        # Every buffer has one step more than the rollout: step(steps, ...) is the bootstrap value's forward pass
+        # after the rollout's last step, which the backward pass does not read.
+        self._buffers: list[Tensor | None] = [
+            torch.empty((rows + batch, *s.shape[1:])).contiguous(memory_format=_format(s)) if kept else None
             for s, kept in zip(examples, keep, strict=True)
         ]
+        self.inputs = [None if b is None else b[:rows] for b in self._buffers]
         hidden = model.hidden_size
-        self.hiddens = torch.zeros(steps, batch, hidden)
-        self.cells = torch.zeros(steps, batch, hidden)
         # The backward pass reads the gates from here instead of recomputing them (two products of T x B rows).
-        self.gates = torch.zeros(steps, batch, 4 * hidden)
-        self._gates_np = self.gates.numpy()
-        self._hiddens_np, self._cells_np = self.hiddens.numpy(), self.cells.numpy()
+        hiddens, cells, gates = (torch.zeros(steps + 1, batch, size) for size in (hidden, hidden, 4 * hidden))
+        self.hiddens, self.cells, self.gates = hiddens[:steps], cells[:steps], gates[:steps]
+        self._hiddens_np, self._cells_np, self._gates_np = hiddens.numpy(), cells.numpy(), gates.numpy()
         # The LSTM's two weight matrices side by side, and its two biases summed: one matrix product per step
         # instead of two (the step reads 2 MB of weights for a batch of one; about a quarter faster). Likewise the
         # policy and value heads, stacked into one layer. All filled by start().
@@ -117,15 +118,16 @@ class Tape:
 
     def step(self, t: int, obs: Tensor, state: LSTMState) -> PolicyOutput:
         """ActorCritic.forward for step t (obs [B, *obs_shape]), recording what the backward pass needs; the
-        LSTM and the heads use the weights taken at start()."""
+        LSTM and the heads use the weights taken at start(). t = steps is the pass after the rollout (for the
+        bootstrap value): it has buffers of its own, which the backward pass does not read."""
         rows = slice(t * self.batch, (t + 1) * self.batch)
         if self.trunk_np is not None:
             x = self.trunk_np.forward(t, obs)
         else:
             x = self.model.trunk_input(obs)
-            self.inputs[0][rows].copy_(x)
+            self._buffers[0][rows].copy_(x)
             for i, layer in enumerate(self.layers):
-                kept = self.inputs[i + 1]
+                kept = self._buffers[i + 1]
                 if kept is not None and isinstance(layer, _ACTIVATIONS):
                     x = _activation_into(layer, x, kept[rows])  # written in place: no copy
                 else:
@@ -140,7 +142,7 @@ class Tape:
         """ActorCritic.lstm_step (torch.lstm_cell's maths, its gate order i, f, g, o) from start()'s weights; the
         activated gates, the new hidden and cell states are recorded at step t."""
         hidden = self.model.hidden_size
-        gates = self.gates[t]
+        gates = torch.from_numpy(self._gates_np[t])
         if self.batch == 1:
             # The step in numpy: its few ops on 256 to 1024 numbers cost half what torch's dispatch does. One tanh
             # serves all four gates, sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving folded into start()'s weights.
@@ -169,8 +171,8 @@ class Tape:
         i, f, g, o = gates.chunk(4, 1)
         c = torch.addcmul(f * state[1], i, g)
         h = o * c.tanh()
-        self.hiddens[t].copy_(h)
-        self.cells[t].copy_(c)
+        self._hiddens_np[t] = h.numpy()
+        self._cells_np[t] = c.numpy()
         return h, c
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -271,7 +273,7 @@ class _NumpyTrunk:
         self.standardize = model.standardize
         self.is_image = model.is_image
         # numpy views of the tape's buffers, one row per step (4-d ones are channels_last: H x W x C in memory)
-        self.kept = [None if b is None else (b.permute(0, 2, 3, 1) if b.dim() == 4 else b).numpy() for b in tape.inputs]
+        self.kept = [None if b is None else (b.permute(0, 2, 3, 1) if b.dim() == 4 else b).numpy() for b in tape._buffers]
         assert all(k is None or k.flags.c_contiguous for k in self.kept), "rows written through reshape() views"
         self.plans: list[dict | None] = []
         size = 1

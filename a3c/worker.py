@@ -173,7 +173,7 @@ class Worker:
                 env_s += clock() - t1
             self.state = (h, c)
             t0 = clock()
-            bootstrap_values = self.model(obs[steps], (h, c)).value.clone()
+            bootstrap_values = self.tape.step(steps, obs[steps], (h, c)).value.clone()
             inference_s += clock() - t0
         self.seconds["env"] += env_s
         self.seconds["inference"] += inference_s

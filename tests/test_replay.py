@@ -81,7 +81,9 @@ def synthetic_rollout(model: ActorCritic, tape: Tape, steps: int, batch: int, re
             h, c = h * keep, c * keep
             if t < steps:
                 _, _, (h, c) = tape.step(t, obs[t], (h, c))
-        bootstrap_values = model(obs[steps], (h, c)).value.clone()
+        # The bootstrap value, as the worker takes it: a step after the last, in buffers the backward does not read.
+        bootstrap_values = tape.step(steps, obs[steps], (h, c)).value.clone()
+        assert_close(bootstrap_values, model(obs[steps], (h, c)).value, rtol=1e-5, atol=1e-6)
     return Rollout(
         obs=obs,
         actions=torch.randint(0, model.num_actions, (steps, batch)),
