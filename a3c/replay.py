@@ -273,7 +273,9 @@ class _NumpyTrunk:
         self.standardize = model.standardize
         self.is_image = model.is_image
         # numpy views of the tape's buffers, one row per step (4-d ones are channels_last: H x W x C in memory)
-        self.kept = [None if b is None else (b.permute(0, 2, 3, 1) if b.dim() == 4 else b).numpy() for b in tape._buffers]
+        self.kept = [
+            None if b is None else (b.permute(0, 2, 3, 1) if b.dim() == 4 else b).numpy() for b in tape._buffers
+        ]
         assert all(k is None or k.flags.c_contiguous for k in self.kept), "rows written through reshape() views"
         self.plans: list[dict | None] = []
         size = 1
