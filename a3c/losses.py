@@ -79,3 +79,47 @@ def a3c_loss(
     entropy_sum = entropy.sum() / batch
     total = policy_loss - entropy_coef * entropy_sum + value_loss_coef * value_loss
     return LossTerms(total, policy_loss.detach(), value_loss.detach(), entropy.mean().detach())
+
+
+class LossGradients(NamedTuple):
+    """a3c_loss's terms (0-d tensors) and its gradient at the logits (float32 [T, B, A]) and the values ([T, B])."""
+
+    terms: LossTerms
+    logits: np.ndarray
+    values: np.ndarray
+
+
+def a3c_loss_gradients(
+    logits: np.ndarray,
+    values: np.ndarray,
+    actions: np.ndarray,
+    targets: Targets,
+    entropy_coef: float,
+    value_loss_coef: float,
+) -> LossGradients:
+    """a3c_loss and its gradient by hand, in numpy: the worker's update (tested against autograd on a3c_loss).
+
+    The rollout's loss is a few hundred numbers; through autograd its dozen small ops and their backward nodes cost
+    about 40 us per agent step, several times the arithmetic. With p = softmax(z) and H = -sum p log p:
+    d(-A log p_a)/dz = A (p - onehot(a)), d(-c H)/dz = c p (log p + H), d(k/2 (R - V)^2)/dV = k (V - R).
+    """
+    batch, actions_n = logits.shape[1], logits.shape[2]
+    advantages, returns = targets.advantages.detach().numpy(), targets.returns.detach().numpy()
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    probs = np.exp(log_probs)
+    entropy = -(probs * log_probs).sum(-1)  # [T, B]
+    rows, chosen_actions = np.arange(actions.size), actions.ravel()  # flat indexing: take_along_axis costs 5 us
+    chosen = log_probs.reshape(-1, actions_n)[rows, chosen_actions]
+    policy_loss = -np.dot(chosen, advantages.ravel()) / batch
+    value_error = values - returns
+    value_loss = 0.5 * np.dot(value_error.ravel(), value_error.ravel()) / batch
+    entropy_sum = entropy.sum() / batch
+    total = policy_loss - entropy_coef * entropy_sum + value_loss_coef * value_loss
+    grad_logits = probs * (advantages + entropy_coef * entropy)[..., None] + entropy_coef * probs * log_probs
+    grad_logits.reshape(-1, actions_n)[rows, chosen_actions] -= advantages.ravel()
+    grad_logits /= batch
+    grad_values = value_error * (value_loss_coef / batch)
+    scalars = torch.tensor([total, policy_loss, value_loss, entropy.mean()], dtype=torch.float32)
+    terms = LossTerms(*scalars.unbind())
+    return LossGradients(terms, grad_logits.astype(np.float32, copy=False), grad_values.astype(np.float32, copy=False))

@@ -175,18 +175,33 @@ class Tape:
         self._cells_np[t] = c.numpy()
         return h, c
 
-    def outputs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(the recorded hiddens as a leaf that collects the loss's gradient, logits [T, B, A], values [T, B])."""
-        hiddens = self.hiddens.detach().requires_grad_()
-        logits, values = self.model.heads(hiddens)
-        return hiddens, logits, values
+    def heads(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded steps' logits float32 [T, B, A] and values [T, B], from the LSTM outputs on the tape."""
+        steps, batch, hidden = self.hiddens.shape
+        heads_weight, heads_bias = self.heads_weight.numpy(), self.heads_bias.numpy()
+        out = self._hiddens_np[:steps].reshape(steps * batch, hidden) @ heads_weight.T + heads_bias
+        return out[:, :-1].reshape(steps, batch, -1), out[:, -1].reshape(steps, batch)
 
-    def backward(self, grad_hiddens: Tensor, state: LSTMState, resets: Tensor) -> None:
-        """Set .grad of the LSTM's and the trunk's parameters from the loss's gradient at the LSTM's outputs.
+    def backward(self, grad_logits: np.ndarray, grad_values: np.ndarray, state: LSTMState, resets: Tensor) -> None:
+        """Set .grad of every parameter from the loss's gradient at the heads' outputs.
 
-        grad_hiddens float32 [T, B, hidden]; state: the LSTM state before step 0; resets float32 [T(+1), B], 1
-        where an episode began at step t (the carried state was zeroed there, so no gradient flows past it).
+        grad_logits float32 [T, B, A] and grad_values [T, B] (a3c_loss_gradients); state: the LSTM state before
+        step 0; resets float32 [T(+1), B], 1 where an episode began at step t (the carried state was zeroed there,
+        so no gradient flows past it).
         """
+        steps, batch, hidden = self.hiddens.shape
+        grad_heads = np.concatenate((grad_logits, grad_values[..., None]), -1).reshape(steps * batch, -1)
+        hiddens = self._hiddens_np[:steps].reshape(steps * batch, hidden)
+        # The policy's and the value's gradients are slices of one product: distinct memory, each laid out like
+        # its parameter.
+        grad_weight = torch.from_numpy(grad_heads.T @ hiddens)
+        grad_bias = torch.from_numpy(grad_heads.sum(0))
+        model = self.model
+        _set_grad(model.policy.weight, grad_weight[:-1])
+        _set_grad(model.value.weight, grad_weight[-1:])
+        _set_grad(model.policy.bias, grad_bias[:-1])
+        _set_grad(model.value.bias, grad_bias[-1:])
+        grad_hiddens = torch.from_numpy(grad_heads @ self.heads_weight.numpy()).view(steps, batch, hidden)
         with torch.no_grad():
             grad_x = self._lstm_backward(grad_hiddens, state, resets[: self.steps])
             self._trunk_backward(grad_x)

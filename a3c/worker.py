@@ -19,7 +19,7 @@ from torch import Tensor
 
 from a3c.config import Config
 from a3c.envs import frames_per_step, make_env
-from a3c.losses import LossTerms, a3c_loss, compute_targets
+from a3c.losses import LossTerms, a3c_loss_gradients, compute_targets
 from a3c.metrics import GameResult
 from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
 from a3c.replay import Tape
@@ -202,26 +202,30 @@ class Worker:
     def update(self, rollout: Rollout) -> LossTerms | None:
         """Back-propagate the loss from the tape, clip, and step the shared optimizer. None if the update was skipped.
 
-        The gradients are those of autograd on the recomputed rollout (model.forward_rollout), without recomputing it.
+        The gradients are those of autograd on a3c_loss over the recomputed rollout (model.forward_rollout), without
+        recomputing it: the loss's gradient by hand, then the tape's backward pass.
         """
         cfg = self.cfg
         for p in self.params:
             p.grad = None
-        hiddens, logits, values = self.tape.outputs()
-        next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
+        logits, values_np = self.tape.heads()
+        values = torch.from_numpy(values_np)
+        next_values = torch.cat((values[1:], rollout.bootstrap_values.unsqueeze(0)))
         next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
         targets = compute_targets(
             rollout.rewards,
-            values.detach(),
+            values,
             next_values,
             rollout.terminated,
             rollout.episode_ends,
             cfg.gamma,
             cfg.gae_lambda,
         )
-        loss = a3c_loss(logits, values, rollout.actions, targets, cfg.entropy_coef, cfg.value_loss_coef)
-        loss.total.backward()  # the heads' gradients, and the loss's gradient at the LSTM's outputs
-        self.tape.backward(hiddens.grad, rollout.state, rollout.resets)
+        gradients = a3c_loss_gradients(
+            logits, values_np, rollout.actions.numpy(), targets, cfg.entropy_coef, cfg.value_loss_coef
+        )
+        loss = gradients.terms
+        self.tape.backward(gradients.logits, gradients.values, rollout.state, rollout.resets)
         # clip_grad_norm_'s maths, without its pass over every gradient when the norm is already within the limit
         # (nearly always: Pong's norms run 2-30 against 40).
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])

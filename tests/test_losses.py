@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.testing import assert_close
 
-from a3c.losses import Targets, a3c_loss, compute_targets
+from a3c.losses import Targets, a3c_loss, a3c_loss_gradients, compute_targets
 
 GAMMA = 0.9
 
@@ -160,3 +161,24 @@ def test_a3c_loss_gradients_skip_targets():
     # -(-1) * ((1, 0) - (1/2, 1/2)) = (0.5, -0.5)
     assert_close(logits.grad[1, 0], torch.tensor([0.5, -0.5]))
     assert not (terms.policy.requires_grad or terms.value.requires_grad or terms.entropy.requires_grad)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_hand_written_loss_gradient_is_autograds(batch: int):
+    """a3c_loss_gradients (the worker's, in numpy) gives a3c_loss's terms and autograd's gradient at the logits and
+    the values, with large logits (a nearly certain policy) among them."""
+    torch.manual_seed(0)
+    steps, actions_n = 7, 6
+    logits = (torch.randn(steps, batch, actions_n) * 3).requires_grad_()
+    with torch.no_grad():
+        logits[2, 0, 4] = 40.0  # softmax must be taken stably
+    values = torch.randn(steps, batch, requires_grad=True)
+    actions = torch.randint(0, actions_n, (steps, batch))
+    targets = Targets(torch.randn(steps, batch), torch.randn(steps, batch))
+    want = a3c_loss(logits, values, actions, targets, entropy_coef=0.02, value_loss_coef=0.5)
+    want.total.backward()
+    got = a3c_loss_gradients(logits.detach().numpy(), values.detach().numpy(), actions.numpy(), targets, 0.02, 0.5)
+    for a, b in zip(got.terms, want, strict=True):
+        assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    assert_close(torch.from_numpy(got.logits), logits.grad, rtol=1e-5, atol=1e-6)
+    assert_close(torch.from_numpy(got.values), values.grad, rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from a3c.config import build_config
-from a3c.losses import LossTerms, a3c_loss, compute_targets
+from a3c.losses import LossTerms, a3c_loss, a3c_loss_gradients, compute_targets
 from a3c.model import ActorCritic
 from a3c.replay import Tape
 from a3c.trainer import Trainer
@@ -42,12 +42,16 @@ def reference_gradients(model: ActorCritic, rollout: Rollout) -> dict[str, torch
 
 
 def replayed_gradients(model: ActorCritic, tape: Tape, rollout: Rollout) -> dict[str, torch.Tensor]:
-    """The worker's way: heads and loss through autograd, the LSTM and the trunk replayed from the tape."""
+    """The worker's way: the loss's gradient by hand (a3c_loss_gradients), everything else replayed from the tape."""
     model.zero_grad(set_to_none=True)
-    hiddens, logits, values = tape.outputs()
-    next_values = torch.cat((values[1:].detach(), rollout.bootstrap_values.unsqueeze(0)))
-    rollout_loss(rollout, logits, values, next_values).total.backward()
-    tape.backward(hiddens.grad, rollout.state, rollout.resets)
+    logits, values = tape.heads()
+    next_values = torch.cat((torch.from_numpy(values[1:]), rollout.bootstrap_values.unsqueeze(0)))
+    next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
+    targets = compute_targets(
+        rollout.rewards, torch.from_numpy(values), next_values, rollout.terminated, rollout.episode_ends, 0.99, 1.0
+    )
+    gradients = a3c_loss_gradients(logits, values, rollout.actions.numpy(), targets, 0.01, 0.5)
+    tape.backward(gradients.logits, gradients.values, rollout.state, rollout.resets)
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
