@@ -2,9 +2,10 @@
 
 The rollout runs under inference mode, one batch-1 forward pass per step. Recomputing it with autograd for the
 update (ActorCritic.forward_rollout) ran the trunk and the LSTM a second time: Pong's update took 601 us per agent
-step with two workers, 495-522 replayed (README, Benchmarks). Here each step's forward pass records the trunk's activations and the LSTM's outputs on a Tape; the update
-then runs the backward pass from them: the heads and the loss through autograd, the LSTM and the trunk by hand,
-each layer's gradient batched over all T x B steps. The maths is the paper's (the same gradients as autograd on the
+step with two workers, 495-522 replayed (README, Benchmarks). Here each step's forward pass records the trunk's
+activations and the LSTM's gates and outputs on a Tape; the update then runs the backward pass from them, from the
+loss's gradient at the heads' outputs (a3c_loss_gradients): the heads, the LSTM and the trunk by hand, each layer's
+gradient batched over all T x B steps. The maths is the paper's (the same gradients as autograd on the
 recomputed rollout, tested against forward_rollout); only the work is less.
 """
 
