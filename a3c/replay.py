@@ -86,8 +86,7 @@ class Tape:
         # For a batch of one the product goes through numpy: OpenBLAS's matrix-vector product takes 34 us where
         # torch's (MKL, on this AMD CPU) takes 50-60, and up to 2x less when the weights have left the cache between
         # steps, as they do in a worker. For larger batches OpenBLAS is the slower one; torch keeps those.
-        self.lstm_input = torch.empty(batch, lstm.input_size + hidden)  # [x, h] side by side
-        self._lstm_input_np = self.lstm_input.numpy()
+        self._lstm_input_np = np.empty((batch, lstm.input_size + hidden), np.float32)  # [x, h] side by side
         self._lstm_weight_t_np = self.lstm_weight.numpy().T
         self.heads_weight = torch.empty(model.num_actions + 1, hidden)
         self.heads_bias = torch.empty(model.num_actions + 1)
@@ -143,14 +142,13 @@ class Tape:
         """ActorCritic.lstm_step (torch.lstm_cell's maths, its gate order i, f, g, o) from start()'s weights; the
         activated gates, the new hidden and cell states are recorded at step t."""
         hidden = self.model.hidden_size
-        gates = torch.from_numpy(self._gates_np[t])
+        gates_np = self._gates_np[t]
         if self.batch == 1:
             # The step in numpy: its few ops on 256 to 1024 numbers cost half what torch's dispatch does. One tanh
             # serves all four gates, sigmoid(x) = (1 + tanh(x / 2)) / 2, the halving folded into start()'s weights.
             features = x.shape[1]
             self._lstm_input_np[:, :features] = x.numpy()
             self._lstm_input_np[:, features:] = state[0].numpy()
-            gates_np = self._gates_np[t]
             np.matmul(self._lstm_input_np, self._lstm_weight_t_np, out=gates_np)
             np.add(gates_np, self._lstm_bias_np, out=gates_np)
             np.tanh(gates_np, out=gates_np)
@@ -165,6 +163,7 @@ class Tape:
             self._hiddens_np[t] = h
             self._cells_np[t] = c
             return torch.from_numpy(h), torch.from_numpy(c)
+        gates = torch.from_numpy(gates_np)
         torch.addmm(self.lstm_bias, torch.cat((x, state[0]), 1), self.lstm_weight.t(), out=gates)
         gates[:, 2 * hidden : 3 * hidden].tanh_()
         gates[:, : 2 * hidden].sigmoid_()
