@@ -8,7 +8,8 @@ import os
 import sys
 
 from a3c.checkpoint import STOPPED_AT_ONCE, CheckpointError
-from a3c.config import ARCHS, OPTIMIZERS, Config, ConfigError, build_config
+from a3c.config import LEARNERS, OPTIMIZERS, Config, ConfigError, build_config
+from a3c.model import CONV_TRUNKS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -72,7 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--rs", "--rollout-len", dest="rollout_len", type=int, help="rollout length t_max (agent steps per update)"
     )
     algo.add_argument(
-        "--arch", choices=ARCHS, help="conv trunk for frames: 'paper' (Mnih et al.) or 'small' (4 x 3x3 conv)"
+        "--arch",
+        choices=list(CONV_TRUNKS),
+        help="conv trunk for frames, registered in a3c/model.py: 'paper' (Mnih et al.), 'small' (4 x 3x3 conv), ...",
     )
     algo.add_argument("--hidden-size", dest="hidden_size", type=int, help="width of the LSTM (and of the fc layer)")
     algo.add_argument(
@@ -86,6 +89,16 @@ def make_parser() -> argparse.ArgumentParser:
         dest="fc_layer",
         action=argparse.BooleanOptionalAction,
         help="an fc layer between the conv trunk and the LSTM (--no-fc-layer: conv features straight into the LSTM)",
+    )
+
+    algo.add_argument(
+        "--learner",
+        choices=LEARNERS,
+        help="how workers compute gradients: 'tape' (fast, CPU, the layers it knows), 'autograd' (any network, any "
+        "device), 'auto' (the tape where it gives autograd's gradients)",
+    )
+    algo.add_argument(
+        "--device", help="where each worker's model runs: cpu, cuda, cuda:1 (cuda needs the autograd learner)"
     )
 
     env = p.add_argument_group("environment")

@@ -16,7 +16,10 @@ import tomllib
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 OPTIMIZERS = ("adam", "rmsprop")
-ARCHS = ("paper", "small")
+# How a worker computes its gradients (a3c/learners): "tape" replays the backward pass from the rollout's own
+# forward passes (fast, CPU, the layers it knows); "autograd" recomputes the rollout with autograd (any network,
+# any device); "auto" takes the tape where the trainer's start-up check finds it gives autograd's gradients.
+LEARNERS = ("auto", "autograd", "tape")
 
 
 class ConfigError(ValueError):
@@ -74,6 +77,8 @@ class Config:
     hidden_size: int = 256
     standardize_frames: bool = False  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
     fc_layer: bool = True  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
+    learner: str = "auto"  # see LEARNERS
+    device: str = "cpu"  # where each worker's local model runs (the shared model stays in the parent's memory)
 
     # When to stop (0 / None: no such limit) and where outputs go.
     target_reward: float | None = None
@@ -125,7 +130,12 @@ class Config:
         need(1 <= self.envs_per_worker <= 64, f"envs_per_worker must be between 1 and 64, got {self.envs_per_worker}")
         need(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         need(self.opt in OPTIMIZERS, f"opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
-        need(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        need(bool(self.arch.strip()), "arch is empty: give a trunk name such as small or paper")
+        need(self.learner in LEARNERS, f"learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        need(
+            re.fullmatch(r"[a-z]+(:\d+)?", self.device) is not None,
+            f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}",
+        )
         for name in ("lr", "adam_eps", "rmsprop_eps", "max_grad_norm"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}")

@@ -32,6 +32,8 @@ def register_ale() -> None:
         import ale_py
 
         gym.register_envs(ale_py)
+        # Each emulator would print ALE's two-line banner: one pair per worker and evaluator. Errors still show.
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         _registered = True
 
 

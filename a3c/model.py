@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from a3c.config import Config
+from a3c.config import Config, ConfigError
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each float32 [B, hidden]
 
@@ -47,17 +48,50 @@ def standardize_frames(obs: Tensor) -> Tensor:
     return x.sub_(mean).div_(std.clamp_min_(1.0))  # a blank frame (std 0) stays all zeros
 
 
-def _conv_trunk(arch: str, channels: int, standardized: bool) -> nn.Sequential:
-    first = nn.Conv2d if standardized else PixelConv2d
-    if arch == "paper":
-        # Mnih et al. 2016 (after Mnih et al. 2015): 16 8x8 filters stride 4, 32 4x4 filters stride 2.
-        return nn.Sequential(
-            first(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
-        )
-    # "small": four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent.
+# The conv trunks --arch can name, in one place. A builder takes the observation's channels and the first
+# convolution's class (PixelConv2d for raw pixels, nn.Conv2d for standardized frames) and returns the layers from
+# frames to a flat feature vector. To try another network, register a builder here and pass --arch NAME; the
+# tape (a3c/learners/tape.py) learns it when it knows every layer, and the autograd learner in every case.
+TrunkBuilder = Callable[[int, type[nn.Conv2d]], nn.Sequential]
+CONV_TRUNKS: dict[str, TrunkBuilder] = {}
+
+
+def register_trunk(name: str) -> Callable[[TrunkBuilder], TrunkBuilder]:
+    """Decorator: make a conv trunk builder available as --arch name."""
+
+    def register(builder: TrunkBuilder) -> TrunkBuilder:
+        CONV_TRUNKS[name] = builder
+        return builder
+
+    return register
+
+
+@register_trunk("paper")
+def paper_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
+    """Mnih et al. 2016 (after Mnih et al. 2015): 16 8x8 filters stride 4, 32 4x4 filters stride 2."""
+    return nn.Sequential(
+        first(channels, 16, 8, stride=4), nn.ReLU(), nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(), nn.Flatten()
+    )
+
+
+@register_trunk("small")
+def small_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
+    """Four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent."""
     layers: list[nn.Module] = [first(channels, 32, 3, stride=2, padding=1), nn.ELU()]
     for _ in range(3):
         layers += [nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ELU()]
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+@register_trunk("small-groupnorm")
+def small_groupnorm_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
+    """The small trunk with each feature map normalized per observation (GroupNorm with one group, i.e. a layer
+    norm over channels and pixels) before its ELU. The tape has no backward pass for normalization layers, so
+    this net trains through the autograd learner: an example of a network that only it can learn."""
+    layers: list[nn.Module] = []
+    for k in range(4):
+        conv = first(channels, 32, 3, stride=2, padding=1) if k == 0 else nn.Conv2d(32, 32, 3, stride=2, padding=1)
+        layers += [conv, nn.GroupNorm(1, 32), nn.ELU()]
     return nn.Sequential(*layers, nn.Flatten())
 
 
@@ -75,6 +109,8 @@ class ActorCritic(nn.Module):
         fc_layer: bool = True,
     ):
         super().__init__()
+        if arch not in CONV_TRUNKS:
+            raise ConfigError(f"arch must be one of {', '.join(CONV_TRUNKS)}, got {arch!r}")
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
         self.hidden_size = hidden_size
@@ -82,7 +118,7 @@ class ActorCritic(nn.Module):
         self.is_image = len(self.obs_shape) == 3
         self.standardize = standardize_frames and self.is_image
         if self.is_image:
-            conv = _conv_trunk(arch, self.obs_shape[0], self.standardize)
+            conv = CONV_TRUNKS[arch](self.obs_shape[0], nn.Conv2d if self.standardize else PixelConv2d)
             with torch.no_grad():
                 flat = conv(torch.zeros(1, *self.obs_shape)).shape[1]
             if fc_layer:
@@ -151,9 +187,9 @@ class ActorCritic(nn.Module):
         """Recompute a rollout with gradients: obs [T, B, *obs_shape] -> logits [T, B, A], values [T, B].
 
         The trunk runs once over all T*B frames; the LSTM steps from `state`, zeroing it where resets[t] is 1
-        (float32 [T, B]: an episode began at step t), so gradients flow through the whole rollout. The worker no
-        longer calls this (it replays the backward pass from a3c/replay.py's Tape); it stays as the plain autograd
-        statement of the maths that the replayed gradients are tested against.
+        (float32 [T, B]: an episode began at step t), so gradients flow through the whole rollout. The autograd
+        learner's update runs this, and the tape's replayed gradients are tested against it. It must compute what
+        stepping forward() does: change both together (the trainer checks this at start-up).
         """
         steps, batch = obs.shape[:2]
         x = self.features(obs.reshape(steps * batch, *self.obs_shape)).view(steps, batch, -1)

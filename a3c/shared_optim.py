@@ -102,7 +102,9 @@ def hand_over_gradients(local_model: nn.Module, shared_model: nn.Module) -> None
     .grad is not shared between processes: it is this process's own attribute of the shared tensor, so assigning
     it is enough for this process's optimizer step to read it. The classic `ensure_shared_grads` returned early
     when the shared .grad already existed; since PyTorch 2 zero_grad() sets .grad to None, and an early return
-    leaves the optimizer stepping with stale or missing gradients. Here the assignment is unconditional.
+    leaves the optimizer stepping with stale or missing gradients. Here the assignment is unconditional. A local
+    model on another device (--device cuda) hands over a copy in the shared model's memory.
     """
     for shared, local in zip(shared_model.parameters(), local_model.parameters(), strict=True):
-        shared.grad = local.grad
+        grad = local.grad
+        shared.grad = grad if grad is None or grad.device == shared.device else grad.to(shared.device)

@@ -28,6 +28,7 @@ from a3c.checkpoint import (
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
 from a3c.evaluate import EvalResult, run_evaluator
+from a3c.learners import choose_learner
 from a3c.metrics import GameResult, Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
@@ -64,6 +65,15 @@ def check_writable(directory: str | Path) -> None:
         ) from None
 
 
+def check_device(device: str) -> None:
+    """Fail before training if this torch cannot put a tensor on the device."""
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch raises AssertionError for a build without CUDA
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"--device {device} is not usable here ({first}); use --device cpu") from None
+
+
 class Trainer:
     """Owns the shared state and the workers for one run; `run()` returns the process exit status."""
 
@@ -75,6 +85,10 @@ class Trainer:
         check_writable(cfg.plot_dir)
         torch.manual_seed(cfg.seed)  # the shared model's initial weights follow --seed
         self.model, self.spec = build_model(cfg, *env_spaces(cfg))
+        check_device(cfg.device)
+        # Decided once, here: every worker gets the resolved learner in its config.
+        learner, self.learner_reason = choose_learner(cfg, self.model)
+        self.cfg = cfg = cfg.replace(learner=learner)
         self.optimizer = make_optimizer(
             cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
         )
@@ -338,7 +352,8 @@ class Trainer:
                 lr_schedule = f" -> {cfg.lr_end:g} from {cfg.lr_anneal_start:,} to {cfg.lr_anneal_frames:,} frames"
             print(
                 f"a3c: training {cfg.env_name} with {cfg.n_workers} worker(s) x {cfg.envs_per_worker} env(s), "
-                f"--opt {cfg.opt} --lr {cfg.lr:g}{lr_schedule}; checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
+                f"--opt {cfg.opt} --lr {cfg.lr:g}{lr_schedule}, --learner {cfg.learner} ({self.learner_reason}); "
+                f"checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
                 flush=True,
             )
             while self.stop_reason is None:

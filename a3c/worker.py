@@ -15,14 +15,13 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
-from torch import Tensor
 
 from a3c.config import Config
 from a3c.envs import frames_per_step, make_env
-from a3c.losses import LossTerms, a3c_loss_gradients, compute_targets
+from a3c.learners import Rollout, make_learner
+from a3c.losses import LossTerms
 from a3c.metrics import GameResult
-from a3c.model import ActorCritic, LSTMState, build_model, sample_actions
-from a3c.replay import Tape
+from a3c.model import ActorCritic, build_model, sample_actions
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 log = logging.getLogger(__name__)
@@ -67,25 +66,6 @@ class WorkerStats(NamedTuple):
 STATS_INTERVAL_S = 5.0
 
 
-class Rollout(NamedTuple):
-    """rollout_len steps of B envs. obs [T+1, B, *obs_shape] (the last one is the bootstrap observation);
-    actions int64 [T, B]; rewards float32 [T, B] (clipped when training); terminated / episode_ends bool [T, B];
-    truncation_values float32 [T, B] = V(final observation) where an episode was truncated; resets float32 [T+1, B]
-    (1 where an episode began at that step); state: the LSTM state before step 0; bootstrap_values float32 [B]:
-    V(obs[T]). The forward passes' activations are on the worker's Tape."""
-
-    obs: Tensor
-    actions: Tensor
-    rewards: Tensor
-    terminated: Tensor
-    episode_ends: Tensor
-    truncated: Tensor
-    truncation_values: Tensor
-    resets: Tensor
-    state: LSTMState
-    bootstrap_values: Tensor
-
-
 class Worker:
     """The A3C loop for one rank, over cfg.envs_per_worker games stepped in lockstep (1 = the paper's)."""
 
@@ -101,15 +81,16 @@ class Worker:
         self.envs = [make_env(cfg, seed=cfg.seed + rank * num + k) for k in range(num)]
         self.frame_skip = frames_per_step(cfg)
         model = shared.model
-        self.model, _ = build_model(cfg, model.obs_shape, model.num_actions)
+        local_model, _ = build_model(cfg, model.obs_shape, model.num_actions)
+        self.model = local_model.to(cfg.device)
         self.params = list(self.model.parameters())
-        self.tape = Tape(self.model, cfg.rollout_len, num)
+        self.learner = make_learner(cfg.learner, self.model, cfg.rollout_len, num)
         dtype = torch.uint8 if self.model.is_image else torch.float32
         self.obs = torch.empty((cfg.rollout_len + 1, num, *model.obs_shape), dtype=dtype)
         for k, env in enumerate(self.envs):
             first, _ = env.reset(seed=cfg.seed + rank * num + k)
             self.obs[-1, k] = torch.from_numpy(np.asarray(first))
-        self.state = self.model.initial_state(num)
+        self.state = tuple(s.to(cfg.device) for s in self.model.initial_state(num))
         self.rng = np.random.default_rng(cfg.seed + rank)
         self.parent_pid = os.getppid()
         self.seconds = dict.fromkeys(("env", "inference", "learn", "sync", "waiting"), 0.0)
@@ -125,8 +106,8 @@ class Worker:
                 local.copy_(shared)
 
     def collect(self) -> Rollout:
-        """Run rollout_len steps in every env under inference mode, sampling actions from the policy; the forward
-        passes record on the tape what the update's backward pass needs."""
+        """Run rollout_len steps in every env under inference mode, sampling actions from the policy; the learner
+        records the forward passes for the update."""
         cfg, num, steps = self.cfg, len(self.envs), self.cfg.rollout_len
         obs = self.obs
         obs[0] = obs[-1]  # the last rollout's bootstrap observation is this one's first
@@ -143,12 +124,13 @@ class Worker:
         terminated_np, truncated_np, resets_np = terminated.numpy(), truncated.numpy(), resets.numpy()
         env_s = inference_s = 0.0
         clock = time.perf_counter
-        self.tape.start()
+        recording = self.learner.start()
+        learner = self.learner
         with torch.inference_mode():
             h, c = self.state
             for t in range(steps):
                 t0 = clock()
-                logits, _, (h, c) = self.tape.step(t, obs[t], (h, c))
+                logits, _, (h, c) = learner.step(t, obs[t], (h, c))
                 action = sample_actions(logits, self.rng)
                 actions_np[t] = action
                 t1 = clock()
@@ -162,7 +144,7 @@ class Worker:
                         if trunc and not term:
                             # A time limit is not a terminal: bootstrap from the final observation (Pardo et al. 2018).
                             final = torch.from_numpy(np.asarray(next_obs)).unsqueeze(0)
-                            truncation_values[t, k] = self.model(final, (h[k : k + 1], c[k : k + 1])).value[0]
+                            truncation_values[t, k] = learner.value(final, (h[k : k + 1], c[k : k + 1]))[0]
                             truncated_np[t, k] = True
                         self._report_game(k, info, frames_done=(t + 1) * num * self.frame_skip)
                         next_obs, _ = env.reset()
@@ -173,7 +155,7 @@ class Worker:
                 env_s += clock() - t1
             self.state = (h, c)
             t0 = clock()
-            bootstrap_values = self.tape.step(steps, obs[steps], (h, c)).value.clone()
+            bootstrap_values = learner.step(steps, obs[steps], (h, c)).value.cpu().clone()
             inference_s += clock() - t0
         self.seconds["env"] += env_s
         self.seconds["inference"] += inference_s
@@ -190,6 +172,7 @@ class Worker:
             resets,
             state,
             bootstrap_values,
+            recording,
         )
 
     def _report_game(self, k: int, info: dict, frames_done: int) -> None:
@@ -200,32 +183,12 @@ class Worker:
         self.shared.results.put(GameResult(self.rank, float(episode["r"]), int(episode["l"]), int(frames)))
 
     def update(self, rollout: Rollout) -> LossTerms | None:
-        """Back-propagate the loss from the tape, clip, and step the shared optimizer. None if the update was skipped.
-
-        The gradients are those of autograd on a3c_loss over the recomputed rollout (model.forward_rollout), without
-        recomputing it: the loss's gradient by hand, then the tape's backward pass.
-        """
+        """The learner's gradients of the rollout's loss, clipped, stepped by the shared optimizer. None if the
+        update was skipped."""
         cfg = self.cfg
         for p in self.params:
             p.grad = None
-        logits, values_np = self.tape.heads()
-        values = torch.from_numpy(values_np)
-        next_values = torch.cat((values[1:], rollout.bootstrap_values.unsqueeze(0)))
-        next_values = torch.where(rollout.truncated, rollout.truncation_values, next_values)
-        targets = compute_targets(
-            rollout.rewards,
-            values,
-            next_values,
-            rollout.terminated,
-            rollout.episode_ends,
-            cfg.gamma,
-            cfg.gae_lambda,
-        )
-        gradients = a3c_loss_gradients(
-            logits, values_np, rollout.actions.numpy(), targets, cfg.entropy_coef, cfg.value_loss_coef
-        )
-        loss = gradients.terms
-        self.tape.backward(gradients.logits, gradients.values, rollout.state, rollout.resets)
+        loss = self.learner.backward(rollout, cfg)
         # clip_grad_norm_'s maths, without its pass over every gradient when the norm is already within the limit
         # (nearly always: Pong's norms run 2-30 against 40).
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])

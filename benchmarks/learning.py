@@ -68,7 +68,8 @@ def main() -> None:
     if cfg.max_seconds == 0 and cfg.max_frames == 0 and cfg.target_reward is None:
         raise SystemExit("learning.py: give --max-seconds or --max-frames (or a --target-reward) so the run ends")
 
-    status = Trainer(cfg).run()
+    trainer = Trainer(cfg)
+    status = trainer.run()
     milestones = MILESTONES.get(game_name(cfg.env_name), [cfg.target_reward] if cfg.target_reward is not None else [])
     reached = milestones_reached(cfg.csv_path, milestones)
     columns = read_csv(cfg.csv_path)
@@ -93,6 +94,7 @@ def main() -> None:
         "lr": cfg.lr,
         "seed": cfg.seed,
         "arch": cfg.arch,
+        "learner": trainer.cfg.learner,  # as the trainer resolved --learner auto
         "commit": commit,
         "exit_status": status,
         "games": len(columns.get("score", [])),

@@ -1,11 +1,14 @@
 """Training throughput against the bare emulator, in one run.
 
     python benchmarks/throughput.py --env-name PongNoFrameskip-v4 --n-workers 2 --seconds 60
+    python benchmarks/throughput.py --learner tape,autograd --runs 3    # both learners, alternated within each run
 
 1. Ceiling: n processes step the game through gymnasium's AtariPreprocessing and wrappers (make_reference_env, the
    same game as training's make_env, which skips the wrappers' overhead) with random actions.
 2. Training: the real Trainer (the code path of main.py) with n workers, measured for the same seconds after a
-   warm-up, start-up excluded. Outputs go to a temporary folder, never the repository's checkpoints/ or plots/.
+   warm-up, start-up excluded, once for each --learner given (in that order within every run, so that a drift of
+   the machine's speed touches each alike). Outputs go to a temporary folder, never the repository's checkpoints/
+   or plots/.
 3. Where a worker's time goes (from the workers' own timers), and the memory (unique set size) of the parent and
    each worker with 2 and 8 workers (--memory-workers).
 The last line printed is one JSON object.
@@ -108,6 +111,7 @@ def measure_training(cfg, seconds: float, warmup: float) -> dict:
     total = {k: sum(s.seconds[k] for s in stats) for k in ("env", "inference", "learn", "sync", "waiting")}
     steps = sum(s.agent_steps for s in stats) or 1
     return {
+        "learner": trainer.cfg.learner,
         "frames_per_s": (f1 - f0) / (t1 - t0),
         "updates_per_s": (u1 - u0) / (t1 - t0),
         "time_share": {k: v / (sum(total.values()) or 1) for k, v in total.items()},
@@ -124,6 +128,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of training before measuring")
     parser.add_argument("--runs", type=int, default=1, help="repeat ceiling + training; the JSON reports medians")
+    parser.add_argument(
+        "--learner", default="auto", help="comma-separated learners to measure (auto, tape, autograd), each every run"
+    )
     parser.add_argument("--memory-workers", default="2,8", help="worker counts for the memory table ('' to skip)")
     args = parser.parse_args()
 
@@ -138,49 +145,62 @@ def main() -> None:
                 "save_interval_s": 1e9,
             }
         )
-        runs = []
+        learners = [name.strip() for name in args.learner.split(",") if name.strip()]
+        runs: dict[str, list[tuple[float, dict]]] = {name: [] for name in learners}
         for run in range(args.runs):
             ceiling = measure_ceiling(cfg, args.n_workers, args.seconds)
-            training = measure_training(cfg, args.seconds, args.warmup)
-            runs.append((ceiling, training))
-            print(
-                f"run {run + 1}: ceiling {ceiling:,.0f} frames/s, training {training['frames_per_s']:,.0f} frames/s, "
-                f"ratio {training['frames_per_s'] / ceiling:.3f}, {training['updates_per_s']:.1f} updates/s",
-                flush=True,
-            )
-        ratios = [t["frames_per_s"] / c for c, t in runs]
-        median = sorted(range(len(runs)), key=lambda i: ratios[i])[len(runs) // 2]
-        ceiling, training = runs[median]
+            for name in learners:
+                training = measure_training(cfg.replace(learner=name), args.seconds, args.warmup)
+                runs[name].append((ceiling, training))
+                print(
+                    f"run {run + 1}, --learner {name} ({training['learner']}): ceiling {ceiling:,.0f} frames/s, "
+                    f"training {training['frames_per_s']:,.0f} frames/s, ratio {training['frames_per_s'] / ceiling:.3f}, "
+                    f"{training['updates_per_s']:.1f} updates/s",
+                    flush=True,
+                )
 
         memory = {}
         for n in [int(x) for x in args.memory_workers.split(",") if x.strip()]:
-            mem_cfg = cfg.replace(n_workers=n)
+            mem_cfg = cfg.replace(n_workers=n, learner=learners[0])
             memory[n] = measure_training(mem_cfg, seconds=5.0, warmup=5.0)["memory_mib"]
 
     print()
     print(f"{args.env_name}, {args.n_workers} workers x {args.envs_per_worker} env(s), {args.seconds:g} s each")
-    print(f"{'':28}{'frames/s':>12}")
-    print(f"{'ceiling (random actions)':28}{ceiling:>12,.0f}")
-    print(f"{'training':28}{training['frames_per_s']:>12,.0f}")
-    print(f"{'ratio (median of runs)':28}{statistics.median(ratios):>12.3f}")
-    print(f"{'updates/s':28}{training['updates_per_s']:>12.1f}")
-    print("\nwhere a worker's time goes")
-    for key, share in training["time_share"].items():
-        print(f"  {key:12}{share:>8.1%}{training['us_per_agent_step'][key]:>10.0f} us/agent step")
+    results = {}
+    for name, measured in runs.items():
+        ratios = [t["frames_per_s"] / c for c, t in measured]
+        median = sorted(range(len(measured)), key=lambda i: ratios[i])[len(measured) // 2]
+        ceiling, training = measured[median]
+        print(f"\n--learner {name} ({training['learner']}), the median run of {len(measured)}")
+        print(f"{'':28}{'frames/s':>12}")
+        print(f"{'ceiling (random actions)':28}{ceiling:>12,.0f}")
+        print(f"{'training':28}{training['frames_per_s']:>12,.0f}")
+        print(f"{'ratio (median of runs)':28}{statistics.median(ratios):>12.3f}")
+        print(f"{'updates/s':28}{training['updates_per_s']:>12.1f}")
+        print("where a worker's time goes")
+        for key, share in training["time_share"].items():
+            print(f"  {key:12}{share:>8.1%}{training['us_per_agent_step'][key]:>10.0f} us/agent step")
+        results[name] = {
+            "learner": training["learner"],
+            "ceiling_frames_per_s": round(ceiling, 1),
+            "train_frames_per_s": round(training["frames_per_s"], 1),
+            "ratio": round(statistics.median(ratios), 4),
+            "ratios": [round(r, 4) for r in ratios],
+            "updates_per_s": round(training["updates_per_s"], 2),
+            "time_share": {k: round(v, 4) for k, v in training["time_share"].items()},
+            "us_per_agent_step": {k: round(v, 1) for k, v in training["us_per_agent_step"].items()},
+        }
     for n, mem in memory.items():
         print(f"\nmemory with {n} workers (USS, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+    first = results[learners[0]]
     summary = {
         "env_name": args.env_name,
         "n_workers": args.n_workers,
         "envs_per_worker": args.envs_per_worker,
         "seconds": args.seconds,
-        "ceiling_frames_per_s": round(ceiling, 1),
-        "train_frames_per_s": round(training["frames_per_s"], 1),
-        "ratio": round(statistics.median(ratios), 4),
-        "ratios": [round(r, 4) for r in ratios],
-        "updates_per_s": round(training["updates_per_s"], 2),
-        "time_share": {k: round(v, 4) for k, v in training["time_share"].items()},
-        "us_per_agent_step": {k: round(v, 1) for k, v in training["us_per_agent_step"].items()},
+        "runs": args.runs,
+        **first,  # the first learner's figures at the top level, as before --learner existed
+        "learners": results,
         "memory_mib": {str(n): {k: round(v, 1) for k, v in mem.items()} for n, mem in memory.items()},
     }
     print(json.dumps(summary))
