@@ -144,7 +144,7 @@ class Worker:
                         if trunc and not term:
                             # A time limit is not a terminal: bootstrap from the final observation (Pardo et al. 2018).
                             final = torch.from_numpy(np.asarray(next_obs)).unsqueeze(0)
-                            truncation_values[t, k] = learner.value(final, (h[k : k + 1], c[k : k + 1]))[0]
+                            truncation_values[t, k] = float(learner.value(final, (h[k : k + 1], c[k : k + 1]))[0])
                             truncated_np[t, k] = True
                         self._report_game(k, info, frames_done=(t + 1) * num * self.frame_skip)
                         next_obs, _ = env.reset()
