@@ -196,8 +196,9 @@ class ActorCritic(nn.Module):
         h, c = state[0].unsqueeze(0), state[1].unsqueeze(0)
         # Episodes begin rarely (one rollout in tens), so the rollout runs as a few segments through the sequence
         # kernel, the state zeroed at each segment's start where an episode began; same maths as stepping.
-        starts = [0] + [t for t in range(1, steps) if bool(resets[t].any())] + [steps]
-        if bool(resets[0].any()):
+        has_reset = resets.any(1).tolist()  # read once: on a GPU each read is a wait for the device
+        starts = [0] + [t for t in range(1, steps) if has_reset[t]] + [steps]
+        if has_reset[0]:
             keep = (1.0 - resets[0]).view(1, batch, 1)
             h, c = h * keep, c * keep
         outputs = []

@@ -376,6 +376,58 @@ def test_a_core_or_forward_the_tape_does_not_replay_is_refused(variant: str):
         Tape(model, steps=3, batch=1)
 
 
+def _vector_model(*trunk: nn.Module) -> ActorCritic:
+    model = ActorCritic((4,), num_actions=2, hidden_size=8)
+    model.trunk = nn.Sequential(*trunk)
+    return model
+
+
+def _refused_variant(variant: str) -> ActorCritic:
+    if variant == "a Linear on conv maps":
+        model = ActorCritic((2, 9, 9), num_actions=3, hidden_size=8, arch="small")
+        model.trunk = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2), nn.ELU(), nn.Linear(4, 4), nn.Flatten())
+        model.lstm = nn.LSTM(64, 8)
+        return model
+    if variant == "weight_norm":
+        model = _vector_model(nn.Linear(4, 8), nn.Tanh())
+        torch.nn.utils.weight_norm(model.trunk[0])
+        return model
+    if variant == "an extra parameter":
+        model = ActorCritic((4,), num_actions=2, hidden_size=8)
+        model.extra = nn.Parameter(torch.ones(3))
+        return model
+    if variant == "a layer used twice":
+        shared = nn.Linear(8, 8)
+        return _vector_model(nn.Linear(4, 8), nn.Tanh(), shared, nn.Tanh(), shared, nn.Tanh())
+    if variant == "tied weights":
+        first, second = nn.Linear(8, 8), nn.Linear(8, 8)
+        second.weight = first.weight
+        return _vector_model(nn.Linear(4, 8), nn.Tanh(), first, nn.Tanh(), second, nn.Tanh())
+    return _vector_model(nn.Linear(4, 8), nn.ELU(alpha=-0.5))
+
+
+REFUSED = {
+    "a Linear on conv maps": "a Linear on a 4-d input",
+    "weight_norm": "hooks",
+    "an extra parameter": "no gradient for extra",
+    "a layer used twice": "used twice",
+    "tied weights": "share a parameter",
+    "an ELU with a negative alpha": "alpha -0.5 < 0",
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.nn.utils.weight_norm's deprecation
+@pytest.mark.parametrize("variant", REFUSED)
+def test_a_network_the_tape_cannot_run_is_refused_at_start_up_not_crashed(variant: str):
+    """Networks that pass the layer table yet would crash the tape, or get a gradient overwritten or left out, are
+    refused by name: auto takes autograd, and an explicit tape is a ConfigError, never a traceback."""
+    model = _refused_variant(variant)
+    learner, why = choose_learner(_cfg("auto"), model)
+    assert learner == "autograd" and REFUSED[variant] in why, why
+    with pytest.raises(ConfigError, match="--learner tape cannot"):
+        choose_learner(_cfg("tape"), model)
+
+
 def _cfg(learner: str, **settings: object) -> Config:
     return Config(env_name="CartPole-v1", learner=learner, rollout_len=5, **settings).validate()
 
@@ -389,6 +441,16 @@ def test_auto_takes_the_tape_for_the_shipped_networks():
     ):
         assert choose_learner(_cfg("auto"), model)[0] == "tape"
         assert choose_learner(_cfg("autograd"), model)[0] == "autograd"
+
+
+def test_the_start_up_check_leaves_the_network_as_it_was():
+    """The check perturbs the network's weights in place (not every module can be copied): it puts back every bit,
+    the training mode, and no gradients."""
+    model = ActorCritic((1, 42, 42), 6, 16, arch="small", standardize_frames=True)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert choose_learner(_cfg("auto"), model)[0] == "tape"
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
 def test_auto_takes_autograd_for_a_network_the_tape_refuses_and_tape_is_a_user_error():

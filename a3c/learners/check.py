@@ -8,7 +8,8 @@ equal autograd's. An edit to model.py that the tape does not replay fails here, 
 
 from __future__ import annotations
 
-import copy
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -19,7 +20,8 @@ from a3c.learners.tape import Tape, tape_refusal
 from a3c.model import ActorCritic
 
 CHECK_STEPS = 5  # the dummy rollout: an episode begins at step 2 of game 0
-RTOL = 1e-3  # float32 sums in another order differ by far less; a wrong gradient by far more
+# Of each tensor's largest entry: float32 sums in another order differ by under 2e-5 on the shipped networks.
+RTOL = 2e-4
 
 
 def make_learner(name: str, model: ActorCritic, steps: int, batch: int) -> Learner:
@@ -46,7 +48,11 @@ def choose_learner(cfg: Config, model: ActorCritic) -> tuple[str, str]:
     if why is None and torch.device(cfg.device).type != "cpu":
         why = f"it runs on the CPU and --device is {cfg.device}"
     if why is None:
-        why = _tape_mismatch(model, min(cfg.rollout_len, CHECK_STEPS), min(cfg.envs_per_worker, 2))
+        try:
+            why = _tape_mismatch(model, min(cfg.rollout_len, CHECK_STEPS), min(cfg.envs_per_worker, 2))
+        except Exception as error:  # a network the allow-list let through but the tape cannot run: refused
+            first = (str(error).strip().splitlines() or [""])[0][:200]
+            why = f"it failed on a dummy rollout ({type(error).__name__}: {first})"
     if why is None:
         return "tape", "it replays this network's gradients exactly" if cfg.learner == "auto" else "as asked"
     if cfg.learner == "tape":
@@ -54,14 +60,25 @@ def choose_learner(cfg: Config, model: ActorCritic) -> tuple[str, str]:
     return "autograd", f"the tape cannot: {why}"
 
 
-def _perturbed_copy(model: ActorCritic, generator: torch.Generator) -> ActorCritic:
-    """A CPU copy with every weight moved by noise of its own size, so that no check passes on an initial value
-    (zero biases, a near-zero policy head) that hides a missing term."""
-    copied = copy.deepcopy(model).cpu()
-    with torch.no_grad():
-        for p in copied.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * (p.abs().mean() + 0.05))
-    return copied
+@contextlib.contextmanager
+def _perturbed(model: ActorCritic, generator: torch.Generator) -> Iterator[ActorCritic]:
+    """The model with every weight moved by noise of its own size, so that no check passes on an initial value
+    (zero biases, a near-zero policy head) that hides a missing term; its weights, mode and gradients are restored
+    after. In place rather than on a copy: not every module can be deep-copied (weight_norm's cannot)."""
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    training = model.training
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn(p.shape, generator=generator).to(p.device) * (p.abs().mean() + 0.05))
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved, strict=True):
+                p.copy_(value)
+        model.train(training)
+        model.zero_grad(set_to_none=True)
 
 
 def _dummy_inputs(model: ActorCritic, steps: int, batch: int, generator: torch.Generator):
@@ -116,15 +133,15 @@ def _tape_mismatch(model: ActorCritic, steps: int, batch: int) -> str | None:
     """Where the tape's forward passes or gradients differ from autograd's on a dummy rollout, or None."""
     cfg = Config()  # the loss's coefficients: any will do
     generator = torch.Generator().manual_seed(0)
-    network = _perturbed_copy(model, generator)
-    obs, resets, state = _dummy_inputs(network, steps, batch, generator)
     gradients, all_outputs = [], []
-    for learner in (Tape(network, steps, batch), AutogradLearner(network, steps, batch)):
-        outputs, rollout = _record(learner, obs, resets, state, torch.Generator().manual_seed(1))
-        network.zero_grad(set_to_none=True)
-        learner.backward(rollout, cfg)
-        gradients.append({name: p.grad.clone() for name, p in network.named_parameters()})
-        all_outputs.append(outputs)
+    with _perturbed(model, generator) as network:
+        obs, resets, state = _dummy_inputs(network, steps, batch, generator)
+        for learner in (Tape(network, steps, batch), AutogradLearner(network, steps, batch)):
+            outputs, rollout = _record(learner, obs, resets, state, torch.Generator().manual_seed(1))
+            network.zero_grad(set_to_none=True)
+            learner.backward(rollout, cfg)
+            gradients.append({name: p.grad for name, p in network.named_parameters()})
+            all_outputs.append(outputs)
     for t, (got, want) in enumerate(zip(*all_outputs, strict=True)):
         for what, a, b in zip(
             ("logits", "value", "h", "c"), (got[0], got[1], *got[2]), (want[0], want[1], *want[2]), strict=True
@@ -133,6 +150,8 @@ def _tape_mismatch(model: ActorCritic, steps: int, batch: int) -> str | None:
                 return f"its forward pass differs from ActorCritic.forward ({what} at step {t})"
     tape_grads, autograd_grads = gradients
     for name, want in autograd_grads.items():
+        if tape_grads[name] is None:
+            return f"it computes no gradient for {name}"
         if _differs(tape_grads[name], want):
             return f"its gradient of {name} differs from autograd's"
     return None
@@ -142,9 +161,9 @@ def _rollout_mismatch(model: ActorCritic, steps: int = CHECK_STEPS, batch: int =
     """Where forward_rollout's logits and values differ from stepping forward() (in eval mode, so that dropout and
     the like draw nothing), or None."""
     generator = torch.Generator().manual_seed(2)
-    network = _perturbed_copy(model, generator).eval()
-    obs, resets, state = _dummy_inputs(network, steps, batch, generator)
-    with torch.no_grad():
+    with _perturbed(model, generator) as network, torch.no_grad():
+        network.eval()
+        obs, resets, state = _dummy_inputs(network, steps, batch, generator)
         logits, values = network.forward_rollout(obs, state, resets)
         h, c = state
         for t in range(steps + 1):

@@ -218,6 +218,11 @@ class _ReLU(_Activation):
 
 
 class _ELU(_Activation):
+    @staticmethod
+    def refusal(module: nn.Module) -> str | None:
+        # With alpha < 0 the output no longer tells the derivative (torch refuses elu_backward from the result).
+        return f"an ELU with alpha {module.alpha} < 0" if module.alpha < 0 else None
+
     def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
         return torch.ops.aten.elu.out(x, self.module.alpha, 1.0, 1.0, out=out)
 
@@ -246,7 +251,7 @@ class _Tanh(_Activation):
 
 
 # The trunk layers the tape can replay, by exact type: a subclass may compute something else in its forward().
-# Adding a kind means one class above, one entry here, and one case in tests/test_tape.py's LAYER_CASES.
+# Adding a kind means one class above, one entry here, and one case in tests/test_learners.py's LAYER_CASES.
 LAYER_KINDS: dict[type[nn.Module], type[_Layer]] = {
     nn.Conv2d: _Conv,
     PixelConv2d: _Conv,
@@ -294,6 +299,14 @@ def tape_refusal(model: nn.Module) -> str | None:
         if type(layer) is not nn.Linear or layer.bias is None:
             return f"the {head} head is not an nn.Linear with a bias"
     modules = _trunk_modules(model.trunk)
+    if len({id(m) for m in modules}) != len(modules):
+        return "a trunk layer is used twice (the tape sets each parameter's gradient once, it would not add them)"
+    owned = [id(p) for m in (*modules, lstm, model.policy, model.value) for p in m.parameters()]
+    if len(set(owned)) != len(owned):
+        return "two layers share a parameter (the tape sets each gradient once, it would not add them)"
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+            return f"{type(module).__name__} has hooks (weight_norm and the like), which the tape does not run"
     for i, module in enumerate(modules):
         kind = LAYER_KINDS.get(type(module))
         if kind is None:
@@ -336,6 +349,9 @@ class Tape(Learner):
                 examples.append(x)
                 x = module(x)
         examples.append(x)  # each layer's input, then the trunk's output
+        for i, (module, x) in enumerate(zip(modules, examples, strict=False)):
+            if type(module) is nn.Linear and x.dim() != 2:
+                raise TypeError(f"no replayed backward pass for trunk layer {i}: a Linear on a {x.dim()}-d input")
         self.layers = [
             LAYER_KINDS[type(m)](m, x, y) for m, x, y in zip(modules, examples[:-1], examples[1:], strict=True)
         ]
