@@ -8,16 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from a3c.config import build_config
 from a3c.metrics import read_csv
 from a3c.trainer import Trainer
 
 
-def test_two_workers_learn_cartpole_to_195(tmp_path):
-    """2 spawned workers reach a 100-game average of 195 within 600k frames (typically ~170k, about 40 s)."""
+@pytest.mark.parametrize("learner", ["tape", "autograd"])
+def test_two_workers_learn_cartpole_to_195(tmp_path, learner: str):
+    """2 spawned workers reach a 100-game average of 195 within 600k frames (typically ~170k, about 40 s), through
+    either learner."""
     cfg = build_config(
         {
             "env_name": "CartPole-v1",
+            "learner": learner,
             "n_workers": 2,
             "seed": 3,
             "target_reward": 195.0,
