@@ -1,8 +1,8 @@
 """The trainer's start-up check: which learner a run uses, decided once, before any worker is spawned.
 
 The tape must refuse a network, never differentiate it wrongly. Its allow-list (tape_refusal) says which layers
-and structure it knows; this check then runs both learners over a short dummy rollout on a copy of the network with
-perturbed weights, and takes the tape only where its forward passes equal ActorCritic.forward and its gradients
+and structure it knows; this check then runs both learners over a short dummy rollout on the network with its
+weights perturbed (and restored after), and takes the tape only where its forward passes equal ActorCritic.forward and its gradients
 equal autograd's. An edit to model.py that the tape does not replay fails here, whatever it is.
 """
 

@@ -185,7 +185,8 @@ class _Flatten(_Layer):
 
 
 class _Activation(_Layer):
-    """An elementwise activation whose derivative is a function of its output, which the tape keeps."""
+    """An elementwise activation whose derivative is a function of its output, which the tape keeps: its forward
+    passes always get the output buffer (out is never None) and write into it."""
 
     keeps_output = True
 
@@ -195,19 +196,12 @@ class _Activation(_Layer):
         self.zeros = np.zeros(size, np.float32)  # np.minimum / maximum against an array of zeros beat a scalar 0
         self.scratch = np.empty(size, np.float32)
 
-    def forward(self, x: Tensor, out: Tensor | None) -> Tensor:
-        return self.forward_into(x, out) if out is not None else self.module(x)
-
-    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
-        """module(x) written into out."""
-        raise NotImplementedError
-
     def _zeros(self, x: np.ndarray) -> np.ndarray:
         return self.zeros[: x.size].reshape(x.shape)
 
 
 class _ReLU(_Activation):
-    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out: Tensor | None) -> Tensor:
         return torch.clamp_min(x, 0.0, out=out)
 
     def forward_np(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -223,7 +217,7 @@ class _ELU(_Activation):
         # With alpha < 0 the output no longer tells the derivative (torch refuses elu_backward from the result).
         return f"an ELU with alpha {module.alpha} < 0" if module.alpha < 0 else None
 
-    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out: Tensor | None) -> Tensor:
         return torch.ops.aten.elu.out(x, self.module.alpha, 1.0, 1.0, out=out)
 
     def forward_np(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -240,7 +234,7 @@ class _ELU(_Activation):
 
 
 class _Tanh(_Activation):
-    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out: Tensor | None) -> Tensor:
         return torch.tanh(x, out=out)
 
     def forward_np(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
