@@ -4,7 +4,6 @@ scores the shared model during training (--eval-interval)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,11 +17,10 @@ from PIL import Image
 from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces, is_atari, make_env
+from a3c.messages import EvalResult
 from a3c.metrics import summarize
 from a3c.model import ActorCritic, build_model, sample_actions
-from a3c.worker import SharedState, child_process
-
-log = logging.getLogger(__name__)
+from a3c.processes import SharedState, child_process
 
 ATARI_FPS = 60  # the 2600 draws 60 frames a second (NTSC); ALE's render_fps metadata means something else
 # Settings that shape the network or what it sees: an evaluation takes them from the checkpoint, not the flags.
@@ -46,13 +44,6 @@ class GameScore(NamedTuple):
     score: float
     agent_steps: int
     seed: int
-
-
-class EvalResult(NamedTuple):
-    """The evaluator's scores of the shared model after `frames` emulator frames (sent to the trainer)."""
-
-    frames: int
-    scores: list[float]
 
 
 def load_trained(cfg: Config, path: str | Path) -> tuple[ActorCritic, Config]:

@@ -8,9 +8,9 @@ import os
 import statistics
 from collections import deque
 from pathlib import Path
-from typing import NamedTuple
 
 from a3c.config import ConfigError
+from a3c.messages import GameResult
 
 COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
 # Beside <game>.csv: the workers' mean losses every few seconds (policy and value loss per update, i.e. summed over
@@ -72,16 +72,6 @@ class SideLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-class GameResult(NamedTuple):
-    """One finished game, as a worker reports it: real score (all lives, unclipped), length in agent steps,
-    frames = the global emulator-frame count when it ended."""
-
-    worker: int
-    score: float
-    length: int
-    frames: int
 
 
 class TensorBoard:

@@ -27,13 +27,15 @@ from a3c.checkpoint import (
 )
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
-from a3c.evaluate import EvalResult, run_evaluator
+from a3c.evaluate import run_evaluator
 from a3c.learners import choose_learner
-from a3c.metrics import GameResult, Metrics, TensorBoard, format_duration, read_csv
+from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
+from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
+from a3c.processes import SharedState
 from a3c.shared_optim import make_optimizer, scheduled_lr, set_lr
-from a3c.worker import SharedState, Worker, WorkerFailure, WorkerStats, run_worker
+from a3c.worker import Worker, run_worker
 
 log = logging.getLogger(__name__)
 

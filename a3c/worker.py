@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import signal
 import time
-import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 
@@ -20,48 +12,10 @@ from a3c.config import Config
 from a3c.envs import frames_per_step, make_env
 from a3c.learners import Rollout, make_learner
 from a3c.losses import LossTerms
-from a3c.metrics import GameResult
-from a3c.model import ActorCritic, build_model, sample_actions
+from a3c.messages import GameResult, WorkerStats
+from a3c.model import build_model, sample_actions
+from a3c.processes import SharedState, child_process
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class SharedState:
-    """Everything the trainer shares with its workers; all of it pickles under the spawn start method.
-
-    frames, updates and skipped_updates are multiprocessing Values (int64) added to once per rollout; stop is an
-    Event every loop checks; results carries GameResult and WorkerFailure records to the trainer, the only writer
-    of files. The model's parameters and the optimizer's statistics are in shared memory and are updated by the
-    workers without a lock (Hogwild), as in the paper.
-    """
-
-    model: ActorCritic
-    optimizer: torch.optim.Optimizer
-    frames: Any
-    updates: Any
-    skipped_updates: Any
-    stop: Any
-    results: Any
-
-
-class WorkerFailure(NamedTuple):
-    """A worker's last words: its rank and the traceback of the exception that ended it."""
-
-    worker: int
-    traceback: str
-
-
-class WorkerStats(NamedTuple):
-    """Where a worker's time went since it started, in seconds, with the agent steps it took (for profiling), and
-    its mean policy loss, value loss and policy entropy (per step) over the updates since its last report."""
-
-    worker: int
-    agent_steps: int
-    seconds: dict[str, float]
-    losses: dict[str, float]
-
 
 STATS_INTERVAL_S = 5.0
 
@@ -118,8 +72,8 @@ class Worker:
         truncated = torch.zeros(steps, num, dtype=torch.bool)
         truncation_values = torch.zeros(steps, num)
         resets = torch.zeros(steps + 1, num)  # resets[0] stays 0: the carried-over state was zeroed when it ended
-        # The per-step writes go through numpy views of the same memory: a numpy item write costs a tenth of
-        # torch's indexing, and there are several per step.
+        # The per-step writes go through numpy views of the same memory: a numpy item write skips torch's indexing
+        # machinery, and there are several per step.
         obs_np, actions_np, rewards_np = obs.numpy(), actions.numpy(), rewards.numpy()
         terminated_np, truncated_np, resets_np = terminated.numpy(), truncated.numpy(), resets.numpy()
         env_s = inference_s = 0.0
@@ -252,33 +206,8 @@ class Worker:
             env.close()
 
 
-@contextlib.contextmanager
-def child_process(rank: int, shared: SharedState) -> Iterator[int]:
-    """What every spawned child (workers, and the evaluator as rank -1) does around its work: one intra-op thread,
-    Ctrl-C left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the
-    end the results queue flushed, or abandoned if the trainer is gone. Yields the trainer's pid."""
-    torch.set_num_threads(1)  # one intra-op thread per process: the workers already use every core
-    cv2.setNumThreads(1)  # the same for OpenCV's resize, whose pool would otherwise wake a thread per core
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
-    parent = os.getppid()
-    try:
-        yield parent
-    except KeyboardInterrupt:
-        pass  # Ctrl-C reaches the whole process group; the trainer decides what happens
-    except BaseException:
-        shared.results.put(WorkerFailure(rank, traceback.format_exc()))
-        raise SystemExit(1) from None
-    finally:
-        if os.getppid() != parent:
-            # Nobody reads the queue any more: exit without waiting for its feeder to flush into a full pipe.
-            shared.results.cancel_join_thread()
-        # Let the queue's feeder thread flush what we put, so the trainer sees our last records.
-        time.sleep(0.05)
-
-
 def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
     """Entry point of a spawned worker process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
     with child_process(rank, shared):
         worker = Worker(rank, cfg, shared)
         try:

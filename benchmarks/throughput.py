@@ -28,10 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the gymnasium reference stack lives beside the tests that hold it equal
+
+from reference_env import make_reference_env  # noqa: E402
 
 from a3c.config import build_config  # noqa: E402
-from a3c.envs import frames_per_step, make_reference_env  # noqa: E402
+from a3c.envs import frames_per_step  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
 
 

@@ -6,18 +6,11 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+from reference_env import CroppedPreprocessing, FireOnReset, LifeLoss, make_reference_env
 
+from a3c.atari import AtariGame
 from a3c.config import Config, ConfigError
-from a3c.envs import (
-    AtariGame,
-    FireOnReset,
-    LifeLoss,
-    check_env_id,
-    env_spaces,
-    frames_per_step,
-    make_env,
-    make_reference_env,
-)
+from a3c.envs import check_env_id, env_spaces, frames_per_step, make_env
 
 
 def wrapper_chain(env: gym.Env) -> list[type]:
@@ -158,6 +151,7 @@ def test_breakout_fires_on_reset_and_flags_lost_lives(make):
     ],
     ids=["pong", "breakout", "pong-v5", "space-invaders"],
 )
+@pytest.mark.slow
 def test_atari_game_plays_the_reference_stack_step_for_step(cfg: Config, seed: int, steps: int):
     """make_env's AtariGame and gymnasium's wrappers (make_reference_env) give the same observations, rewards,
     ends, lives and episode records for the same seed and actions, across several games and resets."""
@@ -243,7 +237,6 @@ def test_check_env_id():
 
 def test_crop_cuts_rows_before_resizing():
     """--crop-top/--crop-bottom resize only the kept rows of the pooled screen; no crop equals AtariPreprocessing."""
-    from a3c.envs import CroppedPreprocessing
 
     cfg = Config(env_name="PongNoFrameskip-v4", frame_size=42, frame_stack=1, noop_max=0)
     plain = make_reference_env(cfg, seed=1)
