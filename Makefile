@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: setup train test lint bench-throughput bench-learning
+.PHONY: setup train test test-fast lint bench-throughput bench-learning
 
 # torch first: with no torch present, install the CPU build 2.13.0 (a bare `torch` would pull several GB of CUDA
 # packages); a torch that is already installed (a GPU build, a newer release) is kept as it is.
@@ -14,6 +14,10 @@ train: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+# Everything but the learning, multi-process and slow tests (pyproject.toml names the markers).
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not learning and not multiprocess and not slow"
 
 lint:
 	$(PYTHON) -m ruff check a3c tests benchmarks main.py

@@ -129,6 +129,7 @@ def test_record_without_evaluate_is_a_clear_error(capsys):
     assert "go with --evaluate" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_training_with_evaluator_losses_and_tensorboard(tmp_path: Path):
     """--eval-interval and --tensorboard: evaluation rows and loss rows in their CSVs, a 4-panel plot, and
     TensorBoard scalars for scores, losses, entropy, frames/s and the learning rate."""

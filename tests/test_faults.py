@@ -57,6 +57,7 @@ def checkpoint_of(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.multiprocess
 def test_interrupt_saves_and_exits_within_15_s(tmp_path: Path, signum: int, status: int):
     """Ctrl-C / SIGTERM: workers stopped, a final checkpoint and plot, exit 130 / 0 within 15 s, no process left."""
     proc, marker, logs = start_training(tmp_path)
@@ -73,6 +74,7 @@ def test_interrupt_saves_and_exits_within_15_s(tmp_path: Path, signum: int, stat
     assert_no_survivors(marker)
 
 
+@pytest.mark.multiprocess
 def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path):
     """Two Ctrl-C in a row: exit 130 at once, one line instead of a traceback, the checkpoint on disk still loads."""
     proc, marker, logs = start_training(tmp_path, "--save-interval", "0.5")
@@ -88,6 +90,7 @@ def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(tmp_path: Pat
     assert_no_survivors(marker)
 
 
+@pytest.mark.multiprocess
 def test_killed_worker_is_replaced_and_training_goes_on(tmp_path: Path):
     """SIGKILL a worker: the parent logs which one and how it died, spawns a replacement, and frames keep counting."""
     proc, marker, logs = start_training(tmp_path, "--save-interval", "0.5")
@@ -103,6 +106,7 @@ def test_killed_worker_is_replaced_and_training_goes_on(tmp_path: Path):
     assert_no_survivors(marker)
 
 
+@pytest.mark.multiprocess
 def test_worker_that_keeps_crashing_ends_the_run(tmp_path: Path):
     """An env that raises: each death is logged with its traceback and replaced; the fifth ends the run, status 1."""
     marker = uuid.uuid4().hex
@@ -118,6 +122,7 @@ def test_worker_that_keeps_crashing_ends_the_run(tmp_path: Path):
     assert_no_survivors(marker)
 
 
+@pytest.mark.multiprocess
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Path):
     """SIGKILL the parent: its workers notice and exit within seconds instead of training on as orphans."""
     proc, marker, _ = start_training(tmp_path)
@@ -164,6 +169,7 @@ while True:
 """
 
 
+@pytest.mark.multiprocess
 def test_saver_killed_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path: Path):
     """SIGKILL a process that saves over and over, at 25 random moments: the checkpoint (and .prev) always load."""
     path = tmp_path / "game.pt"
@@ -201,6 +207,7 @@ except OSError as error:
 """
 
 
+@pytest.mark.multiprocess
 def test_full_disk_never_replaces_a_good_checkpoint(tmp_path: Path):
     """A save that cannot be written whole (file size limit: EFBIG, like ENOSPC) leaves the old checkpoint as it was."""
     path = tmp_path / "game.pt"

@@ -294,6 +294,7 @@ def test_worker_update_on_pong_hands_over_the_autograd_gradients(tmp_path: Path,
 
 
 @pytest.mark.parametrize("env_name", ["CartPole-v1", "PongNoFrameskip-v4"])
+@pytest.mark.slow
 def test_serial_training_through_either_learner_ends_at_the_same_weights(tmp_path: Path, env_name: str):
     """Six updates of a serial run (--serial: the worker in the trainer's process, deterministic) through the tape
     and through autograd move the shared weights alike: what they end at differs by under 1% of how far they moved."""
@@ -506,6 +507,7 @@ def _pong_args(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.multiprocess
 def test_a_network_only_autograd_can_learn_trains_end_to_end(tmp_path: Path):
     """--arch small-groupnorm (a normalization layer the tape has no class for) under the default --learner auto:
     two real workers train Pong through autograd, and the start-up line says why."""
@@ -528,6 +530,7 @@ def test_a_network_only_autograd_can_learn_trains_end_to_end(tmp_path: Path):
     ],
     ids=["tape on a network it cannot replay", "a device this torch has not"],
 )
+@pytest.mark.slow
 def test_a_learner_or_device_that_cannot_work_is_one_line_and_exit_2(tmp_path: Path, flags: list[str], message: str):
     if "cuda" in flags and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")

@@ -16,6 +16,7 @@ from a3c.trainer import Trainer
 
 
 @pytest.mark.parametrize("learner", ["tape", "autograd"])
+@pytest.mark.learning
 def test_two_workers_learn_cartpole_to_195(tmp_path, learner: str):
     """2 spawned workers reach a 100-game average of 195 within 600k frames (typically ~170k, about 40 s), through
     either learner."""
@@ -43,6 +44,7 @@ def test_two_workers_learn_cartpole_to_195(tmp_path, learner: str):
     assert trainer.stop_reason.startswith("reached the target")
 
 
+@pytest.mark.learning
 def test_learning_benchmark_summary_names_its_run(tmp_path):
     """benchmarks/learning.py's last line is a JSON summary that says which run it was: the settings that shape
     learning (frame skip included), the milestones of the game and the frames actually run."""

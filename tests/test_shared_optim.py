@@ -153,6 +153,7 @@ def child_step(model: nn.Module, optimizer: SharedAdam) -> None:
     optimizer.step()
 
 
+@pytest.mark.multiprocess
 def test_spawned_child_step_changes_parent_parameters_and_step():
     """A spawn-context child stepping SharedAdam on a share_memory()'d model updates the parent's weights and step."""
     model = tiny_net()

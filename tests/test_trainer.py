@@ -48,6 +48,7 @@ def game_columns(payload: dict) -> dict[str, list]:
     return {n: c for n, c in zip(history["names"], history["columns"], strict=True) if n != "time_s"}
 
 
+@pytest.mark.slow
 def test_serial_runs_with_the_same_seed_are_identical(tmp_path: Path):
     """Two serial CartPole runs with the same seed end with identical weights (serial mode is the deterministic one)."""
     payloads = []
@@ -58,6 +59,7 @@ def test_serial_runs_with_the_same_seed_are_identical(tmp_path: Path):
     assert_same_weights(payloads[0]["model"], payloads[1]["model"])
 
 
+@pytest.mark.slow
 def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     """With torch seeded before each Trainer, everything else in serial mode is deterministic: weights, counters, games."""
     payloads = []
@@ -178,6 +180,7 @@ def csv_lines(path: Path) -> list[str]:
 
 
 @pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find leftover processes")
+@pytest.mark.multiprocess
 def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
     """main.py trains Pong with 2 workers, saves checkpoint/CSV/PNG, resumes with --use-trained, and leaves no process."""
     ck, pl = tmp_path / "ck", tmp_path / "pl"
