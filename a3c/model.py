@@ -131,8 +131,8 @@ class ActorCritic(nn.Module):
             self.trunk = nn.Sequential(
                 nn.Linear(size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, hidden_size), nn.Tanh()
             )
-        # One nn.LSTM serves both paths: its sequence kernel back-propagates a whole rollout about 3x faster on a CPU
-        # than a loop of LSTMCell steps, and torch.lstm_cell with the same weights takes single steps.
+        # One nn.LSTM serves both paths: its sequence kernel back-propagates a whole rollout in one call instead of a
+        # loop of LSTMCell steps, and torch.lstm_cell with the same weights takes single steps.
         self.lstm = nn.LSTM(lstm_input, hidden_size)
         self.policy = nn.Linear(hidden_size, num_actions)
         self.value = nn.Linear(hidden_size, 1)
@@ -148,7 +148,7 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.value.weight, gain=1.0)
         nn.init.zeros_(self.lstm.bias_ih_l0)
         nn.init.zeros_(self.lstm.bias_hh_l0)
-        # channels_last convolutions run about 1.5x faster on CPU (oneDNN), forward and backward.
+        # channels_last is the layout oneDNN's CPU convolutions run natively, forward and backward.
         self.to(memory_format=torch.channels_last)
 
     def initial_state(self, batch_size: int = 1) -> LSTMState:
@@ -234,8 +234,8 @@ def sample_actions(logits: Tensor, rng: np.random.Generator) -> np.ndarray:
     """Sample one action per row from softmax(logits) [B, A] by inverse CDF: int64 [B], seeded by the caller's
     generator.
 
-    In plain Python over the row's few numbers: once per agent step, where each tensor or numpy call costs more
-    than the arithmetic (torch.multinomial at batch 1 costs ten times as much)."""
+    In plain Python over the row's few numbers: once per agent step, where each tensor or numpy call (and
+    torch.multinomial most of all) costs more than the arithmetic."""
     rows = logits.tolist()
     actions = np.empty(len(rows), dtype=np.int64)
     for b, (row, u) in enumerate(zip(rows, rng.random(len(rows)).tolist(), strict=True)):

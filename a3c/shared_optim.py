@@ -35,8 +35,7 @@ def _share_state(optimizer: torch.optim.Optimizer) -> None:
 class SharedAdam(torch.optim.Adam):
     """torch.optim.Adam with step, exp_avg and exp_avg_sq in shared memory.
 
-    torch's fused CPU kernel: one pass over each tensor instead of a dozen, a quarter of the single-tensor step's
-    time (0.37 ms against 1.56 for the Pong net; a worker's update fell by about 65 us per agent step, a tenth).
+    torch's fused CPU kernel: one pass over each tensor instead of a dozen (docs/benchmarks.md has the figures).
     It updates the shared tensors in place like the others.
     """
 
