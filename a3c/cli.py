@@ -92,6 +92,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     algo.add_argument(
+        "--lock-step",
+        dest="lock_step",
+        action=argparse.BooleanOptionalAction,
+        help="hold one lock around the shared optimizer's step (--no-lock-step: the paper's lock-free Hogwild step)",
+    )
+    algo.add_argument(
         "--learner",
         choices=LEARNERS,
         help="how workers compute gradients: 'tape' (fast, CPU, the layers it knows), 'autograd' (any network, any "

@@ -60,6 +60,10 @@ class Config:
     adam_eps: float = 1e-8
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1  # the paper's shared RMSProp epsilon
+    # One lock around the shared optimizer's step (the paper's Hogwild steps without one): Adam's two averages then
+    # always move together, which bounds every step (shared_optim.adam_moment_bound). Rollouts, gradients and
+    # weight syncs stay lock-free.
+    lock_step: bool = True
 
     # Environment. ep_length caps an episode's agent steps (0: only the game's own limit).
     ep_length: int = 0

@@ -20,7 +20,7 @@ from a3c.envs import env_spaces, is_atari, make_env
 from a3c.messages import EvalResult
 from a3c.metrics import summarize
 from a3c.model import ActorCritic, build_model, sample_actions
-from a3c.processes import SharedState, child_process
+from a3c.processes import SharedState, child_process, trainer_alive
 
 ATARI_FPS = 60  # the 2600 draws 60 frames a second (NTSC); ALE's render_fps metadata means something else
 # Settings that shape the network or what it sees: an evaluation takes them from the checkpoint, not the flags.
@@ -231,16 +231,16 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, record: str | Path 
 def run_evaluator(cfg: Config, shared: SharedState) -> None:
     """Entry point of the evaluator process: every cfg.eval_interval_s, score a copy of the shared model on
     cfg.eval_episodes whole games and send an EvalResult to the trainer. Stops with the run or its parent."""
-    with child_process(-1, shared) as parent:
+    with child_process(-1, shared):
         model, _ = build_model(cfg, shared.model.obs_shape, shared.model.num_actions)
         env = make_env(cfg, seed=cfg.seed + 10_000, training=False)
         round_ = 0
-        while not shared.stop.wait(cfg.eval_interval_s) and os.getppid() == parent:
+        while not shared.stop.wait(cfg.eval_interval_s) and trainer_alive():
             model.load_state_dict(shared.model.state_dict())
             frames = int(shared.frames.value)
             scores = []
             for i in range(cfg.eval_episodes):
-                if shared.stop.is_set() or os.getppid() != parent:
+                if shared.stop.is_set() or not trainer_alive():
                     return
                 seed = cfg.seed + 10_000 + round_ * cfg.eval_episodes + i
                 scores.append(play_game(model, env, seed, cfg.eval_greedy).score)

@@ -4,8 +4,9 @@ its work: threads, signals, logging, and its last words on failure."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
-import os
+import multiprocessing
 import signal
 import time
 import traceback
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
-from multiprocessing.synchronize import Event
+from multiprocessing.synchronize import Event, Lock
 
 import cv2
 import torch
@@ -21,15 +22,45 @@ import torch
 from a3c.messages import WorkerFailure
 from a3c.model import ActorCritic
 
+NOBODY = -1
+
+
+@dataclass
+class StepLock:
+    """The lock around the shared optimizer's step, with the rank that holds it: a worker killed inside its step
+    (SIGKILL, the OOM killer) would otherwise leave every other worker waiting for it forever. The trainer releases
+    the lock on behalf of a dead holder (release_for)."""
+
+    lock: Lock
+    holder: ctypes.c_int  # a RawValue: written only by whoever holds the lock
+
+    @contextlib.contextmanager
+    def held_by(self, rank: int) -> Iterator[None]:
+        with self.lock:
+            self.holder.value = rank
+            try:
+                yield
+            finally:
+                self.holder.value = NOBODY
+
+    def release_for(self, rank: int) -> bool:
+        """Release the lock if rank (a process that has died) holds it; True if it did."""
+        if rank == NOBODY or self.holder.value != rank:
+            return False
+        self.holder.value = NOBODY
+        self.lock.release()
+        return True
+
 
 @dataclass
 class SharedState:
-    """Everything the trainer shares with its workers; all of it pickles under the spawn start method.
+    """Everything the trainer shares with its workers; all of it pickles to a child of the fork server.
 
     frames, updates and skipped_updates are int64 multiprocessing Values, added to once per rollout; stop is the
     Event every loop checks; results carries the records of a3c.messages to the trainer, the only writer of files.
-    The model's parameters and the optimizer's statistics are in shared memory and are updated by the workers
-    without a lock (Hogwild), as in the paper.
+    The model's parameters and the optimizer's statistics are in shared memory. Workers read the weights and hand
+    over gradients without a lock (Hogwild, as in the paper); step_lock serializes the optimizer's step itself
+    (with cfg.lock_step) and the trainer's rollback of damaged weights.
     """
 
     model: ActorCritic
@@ -39,6 +70,7 @@ class SharedState:
     skipped_updates: Synchronized[int]
     stop: Event
     results: Queue
+    step_lock: StepLock
 
 
 def configure_logging() -> None:
@@ -46,25 +78,32 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(levelname)s %(message)s")
 
 
+def trainer_alive() -> bool:
+    """False once the trainer that started this process has died, so an orphan stops instead of running on. Asks
+    multiprocessing's sentinel for the parent, not os.getppid(): a child of the fork server has the server as its
+    parent, and the server lives as long as any of its children does. True in the trainer itself (serial mode)."""
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
+
+
 @contextlib.contextmanager
-def child_process(rank: int, shared: SharedState) -> Iterator[int]:
-    """What every spawned child (workers, and the evaluator as rank -1) does around its work: one intra-op thread,
-    Ctrl-C left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the
-    end the results queue flushed, or abandoned if the trainer is gone. Yields the trainer's pid."""
+def child_process(rank: int, shared: SharedState) -> Iterator[None]:
+    """What every child (workers, and the evaluator as rank -1) does around its work: one intra-op thread, Ctrl-C
+    left to the trainer, any exception sent to it as a WorkerFailure before exiting with status 1, and at the end the
+    results queue flushed, or abandoned if the trainer is gone."""
     configure_logging()
     torch.set_num_threads(1)  # one intra-op thread per process: the workers already use every core
     cv2.setNumThreads(1)  # the same for OpenCV's resize, whose pool would otherwise wake a thread per core
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the trainer, which stops us through the event
-    parent = os.getppid()
     try:
-        yield parent
+        yield
     except KeyboardInterrupt:
         pass  # Ctrl-C reaches the whole process group; the trainer decides what happens
     except BaseException:
         shared.results.put(WorkerFailure(rank, traceback.format_exc()))
         raise SystemExit(1) from None
     finally:
-        if os.getppid() != parent:
+        if not trainer_alive():
             # Nobody reads the queue any more: exit without waiting for its feeder to flush into a full pipe.
             shared.results.cancel_join_thread()
         # Let the queue's feeder thread flush what we put, so the trainer sees our last records.

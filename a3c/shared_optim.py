@@ -1,16 +1,20 @@
-"""Optimizers whose statistics live in shared memory, and the hand-over of a worker's gradients to them.
+"""Optimizers whose statistics live in shared memory, the hand-over of a worker's gradients to them, and the check
+that the shared weights and statistics are sound.
 
-As in the paper, every worker updates one set of statistics (step count included) and the shared parameters,
-lock-free (Hogwild): two workers may interleave their updates, which the paper found harmless.
+Every worker updates one set of statistics (step count included) and the shared parameters. The paper does this
+lock-free (Hogwild); here the optimizer step itself holds a lock by default (--lock-step; docs/architecture.md
+says why), while everything else a worker does with the shared model stays lock-free.
 The maths is torch's own: the state is created eagerly, moved to shared memory, and torch's step updates it in place.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from a3c.config import Config
 
@@ -42,6 +46,33 @@ class SharedAdam(torch.optim.Adam):
     def __init__(self, params: Iterable[nn.Parameter], lr: float = 1e-4, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, lr=lr, betas=betas, eps=eps, fused=True)
         _create_state(self, ("exp_avg", "exp_avg_sq"))
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        """torch's fused Adam step on the shared statistics, through torch's functional adam(). Optimizer.step's own
+        wrapper imports torch._dynamo on its first call, which costs every worker process about 70 MB for nothing
+        (docs/benchmarks.md); the maths is the same (tests/test_shared_optim.py holds the two equal)."""
+        assert closure is None, "SharedAdam.step takes no closure"
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adam(
+                params,
+                [p.grad for p in params],
+                [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states],
+                [],
+                [state["step"] for state in states],
+                fused=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+            )
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's load, which also restores the saved kernel choice: a checkpoint from before the fused step would
@@ -107,3 +138,33 @@ def hand_over_gradients(local_model: nn.Module, shared_model: nn.Module) -> None
     for shared, local in zip(shared_model.parameters(), local_model.parameters(), strict=True):
         grad = local.grad
         shared.grad = grad if grad is None or grad.device == shared.device else grad.to(shared.device)
+
+
+def adam_moment_bound(beta1: float, beta2: float) -> float:
+    """The largest |exp_avg| / sqrt(exp_avg_sq) Adam's two averages can reach when both come from the same
+    gradients (Cauchy-Schwarz over the geometric weights): (1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2)), 7.27 for torch's
+    default betas. It bounds every step at about lr x 7.27 whatever the gradients. Only a torn pair (one average
+    holding a gradient the other lacks) can exceed it, and then a step can be up to lr x |exp_avg| / eps."""
+    return (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1**2 / beta2))
+
+
+def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | None:
+    """What is wrong with the shared weights or optimizer statistics, in a few words, or None when all is sound:
+    a non-finite weight or statistic, or an Adam pair past adam_moment_bound (measured against sqrt(exp_avg_sq)
+    + eps, as the step divides by it, with 1% slack for float32 rounding)."""
+    names = {p: name for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for p, name in names.items():
+            if not torch.isfinite(p).all():
+                return f"non-finite weights in {name}"
+        for group in optimizer.param_groups:
+            bound = adam_moment_bound(*group["betas"]) * 1.01 if "betas" in group else None
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                for key, value in state.items():
+                    if torch.is_tensor(value) and not torch.isfinite(value).all():
+                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')}"
+                if bound is not None and "exp_avg" in state:
+                    if (state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])).any():
+                        return f"Adam's averages of {names.get(p, '?')} out of step with each other (a torn update)"
+    return None

@@ -1,4 +1,4 @@
-"""The parent process: shared model and optimizer, spawned workers, supervision, progress, checkpoints, stop."""
+"""The parent process: shared model and optimizer, worker processes, supervision, progress, checkpoints, stop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.multiprocessing as mp
@@ -33,8 +33,8 @@ from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
-from a3c.processes import SharedState
-from a3c.shared_optim import make_optimizer, scheduled_lr, set_lr
+from a3c.processes import NOBODY, SharedState, StepLock
+from a3c.shared_optim import find_damage, make_optimizer, scheduled_lr, set_lr
 from a3c.worker import Worker, run_worker
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,17 @@ DEATH_WINDOW_S = 600.0
 INTERRUPTED = "interrupted (Ctrl-C)"
 SKIP_WINDOW_S = 30.0  # non-finite updates: more skipped than applied in this window, and at least
 MIN_SKIPPED_TO_STOP = 20  # this many, end the run
+HEALTH_INTERVAL_S = 5.0  # how often the shared weights and statistics are checked (shared_optim.find_damage)
+MAX_ROLLBACKS = 3  # rollbacks within ROLLBACK_WINDOW_S that end the run: the damage keeps coming back
+ROLLBACK_WINDOW_S = 600.0
+TRAINER_RANK = -2  # who holds the step lock during a rollback
+
+
+class Snapshot(NamedTuple):
+    """The shared weights and optimizer statistics at a moment they were sound, and the frame count then."""
+
+    frames: int
+    tensors: list[torch.Tensor]
 
 
 def plot_title(env_name: str, n_workers: int, opt: str) -> str:
@@ -94,13 +105,18 @@ class Trainer:
         self.optimizer = make_optimizer(
             cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
         )
-        self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "elapsed_s": 0.0}
+        self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "rollbacks": 0, "elapsed_s": 0.0}
         history = None
         if cfg.use_trained:
             history = self._resume()
         self.model.share_memory()
-        self.ctx = mp.get_context("spawn")
-        # Spawned children inherit this before numpy loads: its OpenBLAS (the LSTM step's product) would otherwise
+        # Children are forked from a fork server that has imported the worker's modules once (torch above all):
+        # their pages stay shared, so a worker's own memory is what it allocates, not a fresh copy of torch each
+        # (docs/benchmarks.md has the figures), and 16 workers start without 16 imports of torch. The server is a
+        # fresh process, started before any thread or CUDA context of this one, so forking from it is safe.
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["a3c.worker", "a3c.evaluate"])
+        # The fork server inherits this before numpy loads: its OpenBLAS (the LSTM step's product) would otherwise
         # start a thread per core in every worker, on cores the other workers already use.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.shared = SharedState(
@@ -111,6 +127,7 @@ class Trainer:
             skipped_updates=self.ctx.Value("q", int(self.counters["skipped_updates"])),
             stop=self.ctx.Event(),
             results=self.ctx.Queue(),
+            step_lock=StepLock(self.ctx.Lock(), self.ctx.RawValue("i", NOBODY)),
         )
         resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
         self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
@@ -123,6 +140,10 @@ class Trainer:
         self.worker_stats: dict[int, WorkerStats] = {}
         self.deaths: dict[int, deque[float]] = {}
         self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
+        self.rollback_times: deque[float] = deque()
+        self.damage_seen: list[tuple[int, str]] = []  # (frames, what) of each rollback in this session
+        self.rollbacks = int(self.counters["rollbacks"])
+        self.snapshot = self._take_snapshot()
         self.stop_reason: str | None = None
         self.exit_status = EXIT_OK
         self.start_time = time.monotonic()
@@ -176,6 +197,8 @@ class Trainer:
             while deaths and now - deaths[0] > DEATH_WINDOW_S:
                 deaths.popleft()
             log.error("worker-%d died (exit code %s)", rank, process.exitcode)
+            if self.shared.step_lock.release_for(rank):
+                log.error("worker-%d died inside the optimizer's step; released the step lock for the others", rank)
             if len(deaths) >= MAX_WORKER_DEATHS:
                 self._request_stop(
                     f"worker-{rank} died {len(deaths)} times in {DEATH_WINDOW_S / 60:.0f} minutes", EXIT_FAILED
@@ -300,6 +323,7 @@ class Trainer:
                 "frames": int(self.shared.frames.value),
                 "updates": int(self.shared.updates.value),
                 "skipped_updates": int(self.shared.skipped_updates.value),
+                "rollbacks": self.rollbacks,
                 "elapsed_s": self._elapsed(),
                 "games": self.metrics.games,
             },
@@ -308,19 +332,62 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Checkpoint and plot. A model with non-finite weights is never written over a good checkpoint."""
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            log.error(
-                "the shared model has non-finite weights; keeping the last checkpoint %s", self.cfg.checkpoint_path
-            )
-            self._request_stop("the model diverged (non-finite weights)", EXIT_FAILED)
-            return
+        """Checkpoint and plot. Damaged weights are never saved: they are rolled back first (check_health), and the
+        sound state saved becomes the one the next rollback returns to."""
+        # The copy is taken before the check: damage that lands in between then fails the check (non-finite weights
+        # stay non-finite) instead of slipping into the state a rollback returns to.
+        candidate = self._take_snapshot()
+        if self.check_health():
+            self.snapshot = candidate
         try:
             save_checkpoint(self.payload(), self.cfg.checkpoint_path)
         except OSError as error:
             log.error("could not save %s (%s); the previous checkpoint is untouched", self.cfg.checkpoint_path, error)
             return
         self.plot()
+
+    # -- damaged weights -----------------------------------------------------------------------------------------
+    def _shared_tensors(self) -> list[torch.Tensor]:
+        """The shared weights and every optimizer statistic (step counts too), in a fixed order."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                state = self.optimizer.state[p]
+                tensors += [state[key] for key in sorted(state) if torch.is_tensor(state[key])]
+        return tensors
+
+    def _take_snapshot(self) -> Snapshot:
+        return Snapshot(int(self.shared.frames.value), [t.clone() for t in self._shared_tensors()])
+
+    def check_health(self) -> bool:
+        """True if the shared weights and statistics are sound. If not, put back the last sound snapshot, say so in
+        one line, and go on; end the run (status 1) when that keeps happening."""
+        damage = find_damage(self.model, self.optimizer)
+        if damage is None:
+            return True
+        with self.shared.step_lock.held_by(TRAINER_RANK), torch.no_grad():
+            for tensor, saved in zip(self._shared_tensors(), self.snapshot.tensors, strict=True):
+                tensor.copy_(saved)
+        now = time.monotonic()
+        self.rollback_times.append(now)
+        while now - self.rollback_times[0] > ROLLBACK_WINDOW_S:
+            self.rollback_times.popleft()
+        self.rollbacks += 1
+        frames = int(self.shared.frames.value)
+        self.damage_seen.append((frames, damage))
+        print(
+            f"a3c: {damage} at {frames:,} frames; rolled back to the weights and optimizer statistics of "
+            f"{self.snapshot.frames:,} frames and going on (rollback {self.rollbacks})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if len(self.rollback_times) >= MAX_ROLLBACKS:
+            self._request_stop(
+                f"the shared model was damaged {len(self.rollback_times)} times in {ROLLBACK_WINDOW_S / 60:.0f} "
+                f"minutes ({damage}); it holds the weights of {self.snapshot.frames:,} frames (try a lower --lr)",
+                EXIT_FAILED,
+            )
+        return False
 
     def plot(self) -> None:
         cfg = self.cfg
@@ -338,7 +405,7 @@ class Trainer:
         self.metrics.open_csv()
         tty = sys.stdout.isatty()
         session_start = time.monotonic()
-        last_save = last_print = session_start
+        last_save = last_print = last_health = session_start
         rate_window: deque[tuple[float, int]] = deque([(session_start, self.shared.frames.value)])
         serial_worker = None
         try:
@@ -370,7 +437,10 @@ class Trainer:
                 self._check_stop(now - session_start)
                 if now - last_save >= cfg.save_interval_s:
                     self.save()
-                    last_save = now
+                    last_save = last_health = now
+                elif now - last_health >= HEALTH_INTERVAL_S:
+                    self.check_health()
+                    last_health = now
                 if now - last_print >= (1.0 if tty else 10.0):
                     frames = self.shared.frames.value
                     rate_window.append((now, frames))

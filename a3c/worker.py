@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
 
 import numpy as np
@@ -14,7 +14,7 @@ from a3c.learners import Rollout, make_learner
 from a3c.losses import LossTerms
 from a3c.messages import GameResult, WorkerStats
 from a3c.model import build_model, sample_actions
-from a3c.processes import SharedState, child_process
+from a3c.processes import SharedState, child_process, trainer_alive
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 STATS_INTERVAL_S = 5.0
@@ -46,7 +46,6 @@ class Worker:
             self.obs[-1, k] = torch.from_numpy(np.asarray(first))
         self.state = tuple(s.to(cfg.device) for s in self.model.initial_state(num))
         self.rng = np.random.default_rng(cfg.seed + rank)
-        self.parent_pid = os.getppid()
         self.seconds = dict.fromkeys(("env", "inference", "learn", "sync", "waiting"), 0.0)
         self.agent_steps = 0
         self.last_stats = time.perf_counter()
@@ -155,7 +154,8 @@ class Worker:
             return None
         hand_over_gradients(self.model, self.shared.model)
         set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))  # cfg.lr without a schedule
-        self.shared.optimizer.step()
+        with self.shared.step_lock.held_by(self.rank) if cfg.lock_step else contextlib.nullcontext():
+            self.shared.optimizer.step()
         for p in self.shared_params:
             p.grad = None
         return loss
@@ -192,13 +192,9 @@ class Worker:
             self.last_stats = t4
         return loss
 
-    def parent_alive(self) -> bool:
-        """False once the trainer has died (we were re-parented), so an orphan stops instead of running on."""
-        return os.getppid() == self.parent_pid
-
     def run(self) -> None:
         """Train until the stop event is set or the parent dies."""
-        while not self.shared.stop.is_set() and self.parent_alive():
+        while not self.shared.stop.is_set() and trainer_alive():
             self.train_step()
 
     def close(self) -> None:
@@ -207,7 +203,7 @@ class Worker:
 
 
 def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a worker process."""
     with child_process(rank, shared):
         worker = Worker(rank, cfg, shared)
         try:

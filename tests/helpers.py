@@ -81,9 +81,9 @@ def wait_for(condition, timeout: float, what: str, poll_s: float = 0.1) -> None:
         time.sleep(poll_s)
 
 
-def worker_pids(parent: int) -> list[int]:
-    """Live children of parent that are spawned workers (not the resource tracker)."""
-    pids = []
+def _live_children(parent: int) -> list[tuple[int, bytes]]:
+    """(pid, cmdline) of parent's live children."""
+    children = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -92,11 +92,13 @@ def worker_pids(parent: int) -> list[int]:
             cmdline = Path("/proc", entry, "cmdline").read_bytes()
         except OSError:
             continue
-        if (
-            int(stat[1]) == parent
-            and stat[0] != "Z"
-            and b"spawn_main" in cmdline
-            and b"resource_tracker" not in cmdline
-        ):
-            pids.append(int(entry))
-    return sorted(pids)
+        if int(stat[1]) == parent and stat[0] != "Z":
+            children.append((int(entry), cmdline))
+    return children
+
+
+def worker_pids(parent: int) -> list[int]:
+    """Live workers (and evaluator) of the trainer with pid parent: the children of its fork server, which is the
+    trainer's child (the resource tracker is another)."""
+    servers = [pid for pid, cmdline in _live_children(parent) if b"multiprocessing.forkserver" in cmdline]
+    return sorted(pid for server in servers for pid, _ in _live_children(server))

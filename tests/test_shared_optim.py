@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 import torch
@@ -11,7 +12,14 @@ from torch import nn
 from torch.testing import assert_close
 
 from a3c.config import Config
-from a3c.shared_optim import SharedAdam, SharedRMSprop, hand_over_gradients, scheduled_lr
+from a3c.shared_optim import (
+    SharedAdam,
+    SharedRMSprop,
+    adam_moment_bound,
+    find_damage,
+    hand_over_gradients,
+    scheduled_lr,
+)
 
 ADAM = {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6}
 RMSPROP = {"lr": 1e-2, "alpha": 0.9, "eps": 0.1}
@@ -151,11 +159,14 @@ def child_step(model: nn.Module, optimizer: SharedAdam) -> None:
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
+    if "torch._dynamo" in sys.modules:
+        raise SystemExit(5)  # Optimizer.step's wrapper would have imported it: about 70 MB in every worker
 
 
 @pytest.mark.multiprocess
 def test_spawned_child_step_changes_parent_parameters_and_step():
-    """A spawn-context child stepping SharedAdam on a share_memory()'d model updates the parent's weights and step."""
+    """A spawn-context child stepping SharedAdam on a share_memory()'d model updates the parent's weights and step,
+    without importing torch._dynamo (exit status 5)."""
     model = tiny_net()
     model.share_memory()
     optimizer = SharedAdam(model.parameters(), **ADAM)
@@ -213,3 +224,46 @@ def test_scheduled_lr_holds_then_falls_linearly_then_stays():
     assert scheduled_lr(late, 5_000_000) == pytest.approx(5e-5)
     assert scheduled_lr(Config(lr=7e-4, lr_end=0.0, lr_anneal_frames=100), 50) == pytest.approx(3.5e-4)  # to 0
     assert scheduled_lr(Config(lr=2e-4), 1_000_000) == 2e-4
+
+
+def test_adam_averages_from_one_stream_never_pass_their_bound():
+    """Three thousand steps of gradients that are mostly zero, now and then huge or tiny (the pattern that leaves
+    exp_avg_sq near zero): Adam's two averages stay within adam_moment_bound, and find_damage finds nothing."""
+    net = nn.Linear(50, 40)
+    optimizer = SharedAdam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        for p in net.parameters():
+            scale = 10.0 ** float(torch.randint(-25, 2, (), generator=gen))
+            p.grad = torch.randn(p.shape, generator=gen) * scale * (torch.rand(p.shape, generator=gen) < 0.05)
+        optimizer.step()
+    assert find_damage(net, optimizer) is None
+    assert adam_moment_bound(0.9, 0.999) == pytest.approx(7.2703, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("poison", "found"),
+    [
+        ("weight", "non-finite weights in weight"),
+        ("exp_avg_sq", "non-finite optimizer statistic exp_avg_sq of bias"),
+        ("torn", "Adam's averages of weight out of step"),
+    ],
+)
+def test_find_damage_names_what_is_wrong(poison: str, found: str):
+    """A NaN weight, an infinite statistic, and a torn pair (exp_avg holding a gradient exp_avg_sq lacks) are each
+    named; a sound model gives None."""
+    net = nn.Linear(3, 2)
+    optimizer = SharedAdam(net.parameters(), lr=1e-3)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert find_damage(net, optimizer) is None
+    with torch.no_grad():
+        if poison == "weight":
+            net.weight[0, 0] = float("nan")
+        elif poison == "exp_avg_sq":
+            optimizer.state[net.bias]["exp_avg_sq"][0] = float("inf")
+        else:
+            optimizer.state[net.weight]["exp_avg"][0, 0] = 1.0
+            optimizer.state[net.weight]["exp_avg_sq"][0, 0] = 0.0
+    assert find_damage(net, optimizer).startswith(found)

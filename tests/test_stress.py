@@ -1,0 +1,109 @@
+"""The shared model under many workers: benchmarks/stress.py's CI-sized run (16 workers on 2 cores, a high update
+rate, NaN written into the shared weights mid-run) keeps the weights and statistics sound and recovers; a worker
+killed inside the optimizer's step does not leave the others waiting; a run whose damage keeps coming back ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from a3c.checkpoint import load_checkpoint
+from a3c.config import build_config
+from a3c.processes import NOBODY, StepLock
+from a3c.shared_optim import find_damage
+from a3c.trainer import EXIT_FAILED, MAX_ROLLBACKS, Trainer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.multiprocess
+def test_sixteen_workers_keep_the_shared_model_sound_and_recover_from_poisoned_weights():
+    """16 workers, 5-step rollouts: Adam's averages stay within their bound at every sample and no damage appears
+    on its own; the NaN written 10 s in is rolled back once and training goes on to a sound model and status 0."""
+    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "stress.py"), "--n-workers", "16", "--minutes", "0.4"]
+    done = subprocess.run([*argv, "--poison-after", "10"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["exit_status"] == 0
+    assert summary["poisoned_at_frames"] is not None
+    assert summary["rollbacks"] == 1 and summary["damage"][0].startswith("non-finite weights"), summary["damage"]
+    assert "rolled back to the weights and optimizer statistics" in done.stderr
+    assert summary["damage_at_end"] is None
+    assert summary["frames"] > summary["poisoned_at_frames"] and summary["updates"] > 500
+    assert 0 < summary["peak_moment_ratio"] <= 1.0
+
+
+def hold_the_lock(step_lock: StepLock, rank: int) -> None:
+    with step_lock.held_by(rank):
+        time.sleep(600)
+
+
+@pytest.mark.multiprocess
+def test_a_worker_killed_inside_the_step_does_not_leave_the_lock_held():
+    """SIGKILL while holding the step lock: release_for(its rank) frees it for the others; other ranks cannot."""
+    ctx = mp.get_context("spawn")
+    step_lock = StepLock(ctx.Lock(), ctx.RawValue("i", NOBODY))
+    child = ctx.Process(target=hold_the_lock, args=(step_lock, 3), daemon=True)
+    child.start()
+    deadline = time.monotonic() + 60
+    while step_lock.holder.value != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert step_lock.holder.value == 3
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert not step_lock.lock.acquire(timeout=0.2)  # still held by the dead process
+    assert not step_lock.release_for(2) and not step_lock.release_for(NOBODY)
+    assert step_lock.release_for(3)
+    assert step_lock.lock.acquire(timeout=1.0)
+    step_lock.lock.release()
+
+
+@pytest.mark.slow
+def test_damage_that_keeps_coming_back_ends_the_run_with_sound_weights(tmp_path: Path):
+    """A serial CartPole run whose weights are poisoned again after each rollback: the MAX_ROLLBACKS-th ends it with
+    status 1, saying so, and the checkpoint it leaves holds sound weights."""
+    cfg = build_config(
+        {
+            "env_name": "CartPole-v1",
+            "serial": True,
+            "save_interval_s": 0.3,
+            "max_seconds": 120,
+            "checkpoint_dir": str(tmp_path / "ck"),
+            "plot_dir": str(tmp_path / "pl"),
+        }
+    )
+    trainer = Trainer(cfg)
+    weight = next(p for p in trainer.model.parameters() if p.dim() >= 2)
+    done = threading.Event()
+
+    def poison_after_each_rollback() -> None:
+        poisoned = 0
+        while not done.is_set() and poisoned < MAX_ROLLBACKS:
+            if find_damage(trainer.model, trainer.optimizer) is None and trainer.shared.frames.value > 0:
+                with torch.no_grad():
+                    weight.view(-1)[0] = float("inf")
+                poisoned += 1
+            time.sleep(0.05)
+
+    poisoner = threading.Thread(target=poison_after_each_rollback, daemon=True)
+    poisoner.start()
+    try:
+        assert trainer.run() == EXIT_FAILED
+    finally:
+        done.set()
+        poisoner.join()
+    assert trainer.rollbacks == MAX_ROLLBACKS
+    assert f"damaged {MAX_ROLLBACKS} times" in trainer.stop_reason
+    payload = load_checkpoint(cfg.checkpoint_path)
+    assert all(torch.isfinite(w).all() for w in payload["model"].values())
+    assert payload["counters"]["rollbacks"] == MAX_ROLLBACKS
