@@ -33,16 +33,22 @@ def uss_mib(pid: int) -> float | None:
 
 
 def children(pid: int) -> list[int]:
-    """Live child processes of pid (workers, evaluator, resource tracker)."""
-    found = []
+    """Live descendants of pid: the resource tracker, the fork server, and the workers and evaluator it forks."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
+            if fields[0] != "Z":
+                parents[int(entry)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [child for child, of in parents.items() if of == parent]
+        found += kids
+        todo += kids
     return sorted(found)
 
 
@@ -51,7 +57,16 @@ def name_of(pid: int) -> str:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return "?"
-    return "tracker" if b"resource_tracker" in cmdline else "worker" if b"spawn_main" in cmdline else "trainer"
+    if b"resource_tracker" in cmdline:
+        return "tracker"
+    if b"multiprocessing.forkserver" in cmdline:  # the server, or a child forked from it (same command line)
+        try:
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            forked = b"multiprocessing.forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes()
+        except OSError:
+            return "?"
+        return "worker" if forked else "server"
+    return "trainer"
 
 
 def main() -> int:
