@@ -40,7 +40,7 @@ def test_sixteen_workers_keep_the_shared_model_sound_and_recover_from_poisoned_w
     assert "rolled back to the weights and optimizer statistics" in done.stderr
     assert summary["damage_at_end"] is None
     assert summary["frames"] > summary["poisoned_at_frames"] and summary["updates"] > 500
-    assert 0 < summary["peak_moment_ratio"] <= 1.0
+    assert 0 < summary["peak_moment_ratio"] <= 1.01  # find_damage's slack for float32 rounding
 
 
 def hold_the_lock(step_lock: StepLock, rank: int) -> None:
