@@ -10,7 +10,7 @@ import multiprocessing
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
@@ -35,13 +35,20 @@ class StepLock:
     holder: ctypes.c_int  # a RawValue: written only by whoever holds the lock
 
     @contextlib.contextmanager
-    def held_by(self, rank: int) -> Iterator[None]:
-        with self.lock:
-            self.holder.value = rank
-            try:
-                yield
-            finally:
-                self.holder.value = NOBODY
+    def held_by(self, rank: int, keep_waiting: Callable[[], bool] = lambda: True) -> Iterator[bool]:
+        """Hold the lock for the with-block, which gets True; or False, without the lock, once keep_waiting()
+        (asked twice a second while the lock is taken) says to stop waiting: the run is ending, or the trainer is
+        gone, and no one must wait forever on a holder that died."""
+        while not self.lock.acquire(timeout=0.5):
+            if not keep_waiting():
+                yield False
+                return
+        self.holder.value = rank
+        try:
+            yield True
+        finally:
+            self.holder.value = NOBODY
+            self.lock.release()
 
     def release_for(self, rank: int) -> bool:
         """Release the lock if rank (a process that has died) holds it; True if it did."""

@@ -54,6 +54,9 @@ class SharedAdam(torch.optim.Adam):
         (docs/benchmarks.md); the maths is the same (tests/test_shared_optim.py holds the two equal)."""
         assert closure is None, "SharedAdam.step takes no closure"
         for group in self.param_groups:
+            unsupported = [k for k in ("amsgrad", "maximize", "capturable", "differentiable") if group.get(k)]
+            if unsupported or group.get("decoupled_weight_decay"):
+                raise ValueError(f"SharedAdam steps plain Adam; these settings would be ignored: {unsupported}")
             params = [p for p in group["params"] if p.grad is not None]
             states = [self.state[p] for p in params]
             beta1, beta2 = group["betas"]

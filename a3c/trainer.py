@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -51,6 +52,7 @@ HEALTH_INTERVAL_S = 5.0  # how often the shared weights and statistics are check
 MAX_ROLLBACKS = 3  # rollbacks within ROLLBACK_WINDOW_S that end the run: the damage keeps coming back
 ROLLBACK_WINDOW_S = 600.0
 TRAINER_RANK = -2  # who holds the step lock during a rollback
+LOCK_WAIT_S = 30.0  # the longest the trainer waits for the step lock before it tries again later
 
 
 class Snapshot(NamedTuple):
@@ -225,6 +227,8 @@ class Trainer:
             if process.is_alive():
                 process.kill()
                 process.join()
+        for rank in self.processes:  # a worker terminated inside its step must not hold the lock from the last save
+            self.shared.step_lock.release_for(rank)
         self._drain(timeout=0.0)
 
     # -- results and progress ------------------------------------------------------------------------------------
@@ -332,15 +336,21 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Checkpoint and plot. Damaged weights are never saved: they are rolled back first (check_health), and the
-        sound state saved becomes the one the next rollback returns to."""
-        # The copy is taken before the check: damage that lands in between then fails the check (non-finite weights
-        # stay non-finite) instead of slipping into the state a rollback returns to.
-        candidate = self._take_snapshot()
+        """Checkpoint and plot. Damaged weights are rolled back first (check_health) and never written; the sound
+        state saved becomes the one the next rollback returns to."""
         if self.check_health():
-            self.snapshot = candidate
+            # Checked and copied under the step lock, so no step lands between the check and the copy.
+            with self._step_lock_held() as held:
+                if held and find_damage(self.model, self.optimizer) is None:
+                    self.snapshot = self._take_snapshot()
+        payload = self.payload()
+        if not all(torch.isfinite(weights).all() for weights in payload["model"].values()):
+            log.error(
+                "the weights turned non-finite while saving; keeping the last checkpoint %s", self.cfg.checkpoint_path
+            )
+            return
         try:
-            save_checkpoint(self.payload(), self.cfg.checkpoint_path)
+            save_checkpoint(payload, self.cfg.checkpoint_path)
         except OSError as error:
             log.error("could not save %s (%s); the previous checkpoint is untouched", self.cfg.checkpoint_path, error)
             return
@@ -356,6 +366,19 @@ class Trainer:
                 tensors += [state[key] for key in sorted(state) if torch.is_tensor(state[key])]
         return tensors
 
+    def _step_lock_held(self) -> contextlib.AbstractContextManager[bool]:
+        """The step lock for the trainer, waiting at most LOCK_WAIT_S and freeing it from a dead worker meanwhile."""
+        give_up_at = time.monotonic() + LOCK_WAIT_S
+
+        def keep_waiting() -> bool:
+            holder = self.shared.step_lock.holder.value
+            process = self.processes.get(holder)
+            if process is not None and not process.is_alive():
+                self.shared.step_lock.release_for(holder)
+            return time.monotonic() < give_up_at
+
+        return self.shared.step_lock.held_by(TRAINER_RANK, keep_waiting)
+
     def _take_snapshot(self) -> Snapshot:
         return Snapshot(int(self.shared.frames.value), [t.clone() for t in self._shared_tensors()])
 
@@ -365,7 +388,10 @@ class Trainer:
         damage = find_damage(self.model, self.optimizer)
         if damage is None:
             return True
-        with self.shared.step_lock.held_by(TRAINER_RANK), torch.no_grad():
+        with self._step_lock_held() as held, torch.no_grad():
+            if not held:
+                log.error("%s, but the step lock stayed taken for %.0f s; trying again later", damage, LOCK_WAIT_S)
+                return False
             for tensor, saved in zip(self._shared_tensors(), self.snapshot.tensors, strict=True):
                 tensor.copy_(saved)
         now = time.monotonic()

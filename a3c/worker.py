@@ -154,7 +154,12 @@ class Worker:
             return None
         hand_over_gradients(self.model, self.shared.model)
         set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))  # cfg.lr without a schedule
-        with self.shared.step_lock.held_by(self.rank) if cfg.lock_step else contextlib.nullcontext():
+        lock = (
+            self.shared.step_lock.held_by(self.rank, self.keep_going) if cfg.lock_step else contextlib.nullcontext(True)
+        )
+        with lock as held:
+            if not held:
+                return None  # the run ended while we waited: nothing to step for
             self.shared.optimizer.step()
         for p in self.shared_params:
             p.grad = None
@@ -192,9 +197,13 @@ class Worker:
             self.last_stats = t4
         return loss
 
+    def keep_going(self) -> bool:
+        """False once the run is stopping or the trainer is gone."""
+        return not self.shared.stop.is_set() and trainer_alive()
+
     def run(self) -> None:
         """Train until the stop event is set or the parent dies."""
-        while not self.shared.stop.is_set() and trainer_alive():
+        while self.keep_going():
             self.train_step()
 
     def close(self) -> None:

@@ -50,7 +50,8 @@ def hold_the_lock(step_lock: StepLock, rank: int) -> None:
 
 @pytest.mark.multiprocess
 def test_a_worker_killed_inside_the_step_does_not_leave_the_lock_held():
-    """SIGKILL while holding the step lock: release_for(its rank) frees it for the others; other ranks cannot."""
+    """SIGKILL while holding the step lock: a waiter gives up when keep_waiting says so, and release_for(its rank)
+    frees the lock for the others; other ranks cannot."""
     ctx = mp.get_context("spawn")
     step_lock = StepLock(ctx.Lock(), ctx.RawValue("i", NOBODY))
     child = ctx.Process(target=hold_the_lock, args=(step_lock, 3), daemon=True)
@@ -62,6 +63,9 @@ def test_a_worker_killed_inside_the_step_does_not_leave_the_lock_held():
     os.kill(child.pid, signal.SIGKILL)
     child.join()
     assert not step_lock.lock.acquire(timeout=0.2)  # still held by the dead process
+    asked = []
+    with step_lock.held_by(1, keep_waiting=lambda: bool(asked.append(1)) or len(asked) < 2) as held:
+        assert not held and len(asked) == 2  # a waiter gives up when told to, instead of waiting forever
     assert not step_lock.release_for(2) and not step_lock.release_for(NOBODY)
     assert step_lock.release_for(3)
     assert step_lock.lock.acquire(timeout=1.0)
