@@ -144,7 +144,6 @@ class Trainer:
         self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
         self.rollback_times: deque[float] = deque()
         self.damage_seen: list[tuple[int, str]] = []  # (frames, what) of each rollback in this session
-        self.rollbacks = int(self.counters["rollbacks"])
         self.snapshot = self._take_snapshot()
         self.stop_reason: str | None = None
         self.exit_status = EXIT_OK
@@ -336,13 +335,16 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Checkpoint and plot. Damaged weights are rolled back first (check_health) and never written; the sound
-        state saved becomes the one the next rollback returns to."""
-        if self.check_health():
-            # Checked and copied under the step lock, so no step lands between the check and the copy.
-            with self._step_lock_held() as held:
-                if held and find_damage(self.model, self.optimizer) is None:
+        """Checkpoint and plot. Damaged weights are rolled back first and never written; the sound state saved
+        becomes the one the next rollback returns to."""
+        # Checked, and copied or rolled back, under the step lock: no step lands between the check and the copy.
+        with self._step_lock_held() as held:
+            if held:
+                damage = find_damage(self.model, self.optimizer)
+                if damage is None:
                     self.snapshot = self._take_snapshot()
+                else:
+                    self._roll_back(damage)
         payload = self.payload()
         if not all(torch.isfinite(weights).all() for weights in payload["model"].values()):
             log.error(
@@ -383,22 +385,27 @@ class Trainer:
         return Snapshot(int(self.shared.frames.value), [t.clone() for t in self._shared_tensors()])
 
     def check_health(self) -> bool:
-        """True if the shared weights and statistics are sound. If not, put back the last sound snapshot, say so in
-        one line, and go on; end the run (status 1) when that keeps happening."""
+        """True if the shared weights and statistics are sound; if not, roll them back (_roll_back)."""
         damage = find_damage(self.model, self.optimizer)
         if damage is None:
             return True
-        with self._step_lock_held() as held, torch.no_grad():
-            if not held:
+        with self._step_lock_held() as held:
+            if held:
+                self._roll_back(damage)
+            else:
                 log.error("%s, but the step lock stayed taken for %.0f s; trying again later", damage, LOCK_WAIT_S)
-                return False
+        return False
+
+    def _roll_back(self, damage: str) -> None:
+        """With the step lock held: put back the last sound snapshot, say so in one line, and go on; end the run
+        (status 1) when that keeps happening."""
+        with torch.no_grad():
             for tensor, saved in zip(self._shared_tensors(), self.snapshot.tensors, strict=True):
                 tensor.copy_(saved)
         now = time.monotonic()
         self.rollback_times.append(now)
         while now - self.rollback_times[0] > ROLLBACK_WINDOW_S:
             self.rollback_times.popleft()
-        self.rollbacks += 1
         frames = int(self.shared.frames.value)
         self.damage_seen.append((frames, damage))
         print(
@@ -413,7 +420,11 @@ class Trainer:
                 f"minutes ({damage}); it holds the weights of {self.snapshot.frames:,} frames (try a lower --lr)",
                 EXIT_FAILED,
             )
-        return False
+
+    @property
+    def rollbacks(self) -> int:
+        """Rollbacks over the whole run, resumes included."""
+        return int(self.counters["rollbacks"]) + len(self.damage_seen)
 
     def plot(self) -> None:
         cfg = self.cfg
