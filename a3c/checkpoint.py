@@ -16,7 +16,21 @@ FORMAT = "a3c-checkpoint"
 VERSION = 1
 # Said when Ctrl-C stops a run at once: whatever was being written then, the files that were saved stay whole.
 STOPPED_AT_ONCE = "a3c: stopped at once by Ctrl-C; checkpoints on disk are the last complete saves"
-SPEC_KEYS_ADDED = ("standardize_frames", "fc_layer")  # model_spec keys that version-1 checkpoints may lack
+# Settings that shape the network or what it sees: a resumed or evaluated run takes them from its checkpoint.
+NETWORK_FIELDS = (
+    "arch",
+    "hidden_size",
+    "fc_layer",
+    "standardize_frames",
+    "frame_size",
+    "frame_stack",
+    "frame_skip",
+    "crop_top",
+    "crop_bottom",
+)
+# What a setting newer than a checkpoint was in the run that saved it: the behaviour before the setting existed,
+# which is not always today's default (the default recipe changed in issue #23).
+BEFORE_IT_EXISTED = {"standardize_frames": False, "fc_layer": True, "crop_top": 0, "crop_bottom": 0}
 
 
 class CheckpointError(ValueError):
@@ -108,14 +122,25 @@ def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[st
             f"{path} was trained on {payload['env_name']}, not {env_name}: use --env-name {payload['env_name']} "
             "or another --checkpoint-dir"
         )
-    # Keys added after version 1: older checkpoints were trained with what is now the setting's default.
-    saved = {key: getattr(Config, key) for key in SPEC_KEYS_ADDED} | payload["model_spec"]
+    # Keys added after version 1: older checkpoints were trained without them.
+    saved = BEFORE_IT_EXISTED | payload["model_spec"]
     differences = [f"{key} {saved.get(key)} vs {value}" for key, value in model_spec.items() if saved.get(key) != value]
     if differences:
         raise CheckpointError(
             f"{path} holds another network ({'; '.join(differences)}, saved vs asked); "
             "use the settings it was trained with or another --checkpoint-dir"
         )
+
+
+def trained_network(cfg: Config, payload: dict[str, Any]) -> Config:
+    """cfg with the network and frame settings the checkpoint was trained with (flags cannot change a trained
+    network; a setting the checkpoint predates takes its value from before it existed)."""
+    saved = payload.get("config", {})
+    if not saved:
+        return cfg
+    return cfg.replace(
+        **{name: saved.get(name, BEFORE_IT_EXISTED.get(name, getattr(Config, name))) for name in NETWORK_FIELDS}
+    )
 
 
 def _first_line(error: BaseException) -> str:

@@ -45,7 +45,9 @@ class Config:
 
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
-    lr: float = 1e-4
+    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: Pong reached 18 in 3.28M frames instead of 3.83M (median of
+    # 3 seeds each, docs/results.md).
+    lr: float = 1.5e-4
     # lr holds until lr_anneal_start frames, falls linearly to lr_end at lr_anneal_frames, then stays there
     # (None: constant lr). The paper anneals to 0 over the whole run; a floor keeps a longer run still learning.
     lr_end: float | None = None
@@ -68,19 +70,24 @@ class Config:
     # Environment. ep_length caps an episode's agent steps (0: only the game's own limit).
     ep_length: int = 0
     frame_skip: int = 4
-    frame_size: int = 84
-    frame_stack: int = 4
+    # The default recipe for every Atari game (issue #23; docs/results.md has the runs): a 42x42 single frame,
+    # standardized, into the small conv net, whose features go straight into the LSTM. The paper's 84x84x4 net fed
+    # pixels / 255 stayed at random play on Pong for 25 minutes; the LSTM carries the motion a stack would.
+    frame_size: int = 42
+    frame_stack: int = 1
     noop_max: int = 30
     crop_top: int = 0  # screen rows cut off above and below before resizing (Pong: the score and the walls)
     crop_bottom: int = 0
     terminal_on_life_loss: bool = False
     clip_rewards: bool = True
 
-    # Network: "paper" is Mnih et al.'s conv net; vector observations always get an MLP trunk.
-    arch: str = "paper"
+    # Network: "small" is 4 x 3x3 conv (classic PyTorch A3C), "paper" Mnih et al.'s conv net (--arch paper
+    # --frame-size 84 --frame-stack 4 --no-standardize-frames --fc-layer gives the paper's input and net); vector
+    # observations always get an MLP trunk.
+    arch: str = "small"
     hidden_size: int = 256
-    standardize_frames: bool = False  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
-    fc_layer: bool = True  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
+    standardize_frames: bool = True  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
+    fc_layer: bool = False  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
     learner: str = "auto"  # see LEARNERS
     device: str = "cpu"  # where each worker's local model runs (the shared model stays in the parent's memory)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from a3c.checkpoint import CheckpointError, check_compatible, load_checkpoint, trained_network
 from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces, is_atari, make_env
 from a3c.messages import EvalResult
@@ -23,18 +23,6 @@ from a3c.model import ActorCritic, build_model, sample_actions
 from a3c.processes import SharedState, child_process, trainer_alive
 
 ATARI_FPS = 60  # the 2600 draws 60 frames a second (NTSC); ALE's render_fps metadata means something else
-# Settings that shape the network or what it sees: an evaluation takes them from the checkpoint, not the flags.
-NETWORK_FIELDS = (
-    "arch",
-    "hidden_size",
-    "fc_layer",
-    "standardize_frames",
-    "frame_size",
-    "frame_stack",
-    "frame_skip",
-    "crop_top",
-    "crop_bottom",
-)
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
@@ -57,9 +45,7 @@ def load_trained(cfg: Config, path: str | Path) -> tuple[ActorCritic, Config]:
             f"no checkpoint at {path}: train first (python main.py --env-name {cfg.env_name}) or pass --checkpoint"
         )
     payload = load_checkpoint(path)
-    saved = payload.get("config", {})
-    if saved:  # a setting newer than the checkpoint was at its default (the behaviour before the setting existed)
-        cfg = cfg.replace(**{name: saved.get(name, getattr(Config, name)) for name in NETWORK_FIELDS})
+    cfg = trained_network(cfg, payload)
     model, spec = build_model(cfg, *env_spaces(cfg))
     check_compatible(payload, cfg.env_name, spec, path)
     model.load_state_dict(payload["model"])

@@ -19,12 +19,14 @@ import torch.multiprocessing as mp
 
 from a3c.checkpoint import (
     FORMAT,
+    NETWORK_FIELDS,
     STOPPED_AT_ONCE,
     VERSION,
     CheckpointError,
     check_compatible,
     load_checkpoint,
     save_checkpoint,
+    trained_network,
 )
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
@@ -98,6 +100,10 @@ class Trainer:
         self.cfg = cfg
         check_writable(cfg.checkpoint_dir)
         check_writable(cfg.plot_dir)
+        payload = None
+        if cfg.use_trained:
+            payload = load_checkpoint(cfg.checkpoint_path)
+            cfg = self.cfg = self._trained_network(cfg, payload)
         torch.manual_seed(cfg.seed)  # the shared model's initial weights follow --seed
         self.model, self.spec = build_model(cfg, *env_spaces(cfg))
         check_device(cfg.device)
@@ -109,8 +115,8 @@ class Trainer:
         )
         self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "rollbacks": 0, "elapsed_s": 0.0}
         history = None
-        if cfg.use_trained:
-            history = self._resume()
+        if payload is not None:
+            history = self._resume(payload)
         self.model.share_memory()
         # Children are forked from a fork server that has imported the worker's modules once (torch above all):
         # their pages stay shared, so a worker's own memory is what it allocates, not a fresh copy of torch each
@@ -149,9 +155,22 @@ class Trainer:
         self.exit_status = EXIT_OK
         self.start_time = time.monotonic()
 
-    def _resume(self) -> dict[str, list] | None:
+    @staticmethod
+    def _trained_network(cfg: Config, payload: dict[str, Any]) -> Config:
+        """A resumed run goes on with the network and frames it was trained with: a checkpoint from before the
+        default recipe changed resumes as it was saved. Flags that asked for something else are named."""
+        trained = trained_network(cfg, payload)
+        changed = [
+            f"{name} {getattr(trained, name)}"
+            for name in NETWORK_FIELDS
+            if getattr(trained, name) != getattr(cfg, name)
+        ]
+        if changed:
+            log.warning("resuming with the checkpoint's network settings: %s", ", ".join(changed))
+        return trained
+
+    def _resume(self, payload: dict[str, Any]) -> dict[str, list] | None:
         cfg = self.cfg
-        payload = load_checkpoint(cfg.checkpoint_path)
         check_compatible(payload, cfg.env_name, self.spec, cfg.checkpoint_path)
         try:
             self.model.load_state_dict(payload["model"])

@@ -25,8 +25,9 @@ def wrapper_chain(env: gym.Env) -> list[type]:
 
 @pytest.mark.parametrize("env_name", ["PongNoFrameskip-v4", "ALE/Pong-v5"])
 def test_atari_pong_obs_and_actions(env_name: str):
-    """Both Pong ids give uint8 [4, 84, 84] stacked frames and 6 actions, on reset and after steps."""
-    env = make_env(Config(env_name=env_name), seed=1)
+    """Both Pong ids give uint8 [4, 84, 84] stacked frames (the paper's input) and 6 actions, on reset and after
+    steps."""
+    env = make_env(Config(env_name=env_name, frame_size=84, frame_stack=4), seed=1)
     try:
         assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
         assert env.action_space.n == 6
@@ -215,8 +216,10 @@ def test_ep_length_truncates_and_records_the_episode():
 
 
 def test_env_spaces_of_pong():
-    """env_spaces reports Pong's stacked-frame shape and action count."""
-    assert env_spaces(Config(env_name="PongNoFrameskip-v4")) == ((4, 84, 84), 6)
+    """env_spaces reports the observation shape and action count: the default single 42x42 frame, or the paper's
+    stack of four 84x84 frames."""
+    assert env_spaces(Config(env_name="PongNoFrameskip-v4")) == ((1, 42, 42), 6)
+    assert env_spaces(Config(env_name="PongNoFrameskip-v4", frame_size=84, frame_stack=4)) == ((4, 84, 84), 6)
 
 
 def test_env_spaces_refuses_continuous_actions():

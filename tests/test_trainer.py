@@ -172,6 +172,27 @@ def test_resume_layout_error_names_the_keys(tmp_path: Path, capsys: pytest.Captu
     assert "value.bias" in capsys.readouterr().err
 
 
+def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe(tmp_path: Path):
+    """A Pong run saved with the paper's net, before standardize_frames, fc_layer and crop rows existed, resumes with
+    that net and that input: today's defaults and Pong's crop rows do not apply to it."""
+    dirs = {"checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
+    paper = {"arch": "paper", "frame_size": 84, "frame_stack": 4, "standardize_frames": False, "fc_layer": True}
+    old = Trainer(build_config({"env_name": PONG, "n_workers": 1, **paper, **dirs}))
+    payload = old.payload()
+    for key in ("standardize_frames", "fc_layer", "crop_top", "crop_bottom"):
+        del payload["config"][key]
+    for key in ("standardize_frames", "fc_layer"):
+        del payload["model_spec"][key]
+    save_checkpoint(payload, old.cfg.checkpoint_path)
+
+    resumed = Trainer(build_config({"env_name": PONG, "n_workers": 1, "use_trained": True, **dirs}))
+    assert {name: getattr(resumed.cfg, name) for name in paper} == paper
+    assert (resumed.cfg.crop_top, resumed.cfg.crop_bottom) == (0, 0)
+    assert resumed.spec["obs_shape"] == [4, 84, 84]
+    for a, b in zip(resumed.model.state_dict().values(), payload["model"].values(), strict=True):
+        assert torch.equal(a, b)
+
+
 # -- the real command line, in a subprocess ----------------------------------------------------------------------
 
 
