@@ -101,6 +101,7 @@ def main() -> None:
         "frames": int(columns["frames"][-1]) if columns.get("frames") else 0,
         "seconds": round(columns["time_s"][-1], 1) if columns.get("time_s") else 0.0,
         "final_avg100": columns["avg100"][-1] if columns.get("avg100") else None,
+        "target_reward": cfg.target_reward,
         "milestones": reached,
         "settings": {name: getattr(cfg, name) for name in LEARNING_SETTINGS},
         "plot": str(cfg.plot_path),

@@ -1,0 +1,62 @@
+"""benchmarks/suite.py: a real (tiny) suite run writes its table, grid and summary, goes on where it stopped, and reads
+scores at the right frames."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO_ROOT
+
+SUITE = REPO_ROOT / "benchmarks" / "suite.py"
+
+
+def load_suite():
+    spec = importlib.util.spec_from_file_location("suite", SUITE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_at_reads_the_last_game_ended_by_each_frame_count():
+    suite = load_suite()
+    columns = {"frames": [400.0, 900.0, 1500.0], "avg100": [1.0, 2.0, 3.0]}
+    assert suite.score_at(columns, 1000, stopped_solved=False) == (2.0, 2)
+    assert suite.score_at(columns, 1500, stopped_solved=False) == (3.0, 3)
+    assert suite.score_at(columns, 300, stopped_solved=False) is None  # no game had ended yet
+    assert suite.score_at(columns, 2000, stopped_solved=False) is None  # the run never got there
+    assert suite.score_at(columns, 2000, stopped_solved=True) == (3.0, 3)  # it stopped there, solved
+
+
+def test_every_suite_game_has_random_play_and_an_anchor_curve_with_a_source():
+    anchors = json.loads((REPO_ROOT / "benchmarks" / "anchors.json").read_text())["games"]
+    suite = load_suite()
+    for game in suite.GAMES:
+        known = anchors[game.lower()]
+        assert isinstance(known["random"]["score"], float) and known["random"]["source"]
+        assert known["curves"], game
+        for curve in known["curves"]:
+            assert curve["source"] and set(curve["scores"]) == set(suite.AT_FRAMES)
+
+
+@pytest.mark.learning
+@pytest.mark.multiprocess
+def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_a_finished_run(tmp_path: Path):
+    command = [sys.executable, str(SUITE), "--games", "CartPole-v1", "--frames", "3000", "--n-workers", "1"]
+    command += ["--out-dir", str(tmp_path), "--save-interval", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    (row,) = summary["games"]
+    assert row["game"] == "CartPole-v1" and row["frames"] >= 3000 and row["exit_status"] == 0
+    assert "| **CartPole-v1** | a3c |" in (tmp_path / "suite.md").read_text()
+    assert (tmp_path / "suite.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "CartPole-v1: reusing" in again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1])["games"][0]["frames"] == row["frames"]
