@@ -156,18 +156,29 @@ def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | Non
     a non-finite weight or statistic, or an Adam pair past adam_moment_bound (measured against sqrt(exp_avg_sq)
     + eps, as the step divides by it, with 1% slack for float32 rounding)."""
     names = {p: name for name, p in model.named_parameters()}
+
+    def where(bad: torch.Tensor) -> str:
+        # How many values and where: one stray value and a whole row of a gradient's product point to different
+        # causes (docs/reliability.md, "Health checks").
+        first = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
+        return f"({int(bad.sum()):,} of {bad.numel():,} values, first at {list(first)})"
+
     with torch.no_grad():
         for p, name in names.items():
             if not torch.isfinite(p).all():
-                return f"non-finite weights in {name}"
+                return f"non-finite weights in {name} {where(~torch.isfinite(p))}"
         for group in optimizer.param_groups:
             bound = adam_moment_bound(*group["betas"]) * 1.01 if "betas" in group else None
             for p in group["params"]:
                 state = optimizer.state.get(p, {})
                 for key, value in state.items():
                     if torch.is_tensor(value) and not torch.isfinite(value).all():
-                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')}"
+                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(~torch.isfinite(value))}"
                 if bound is not None and "exp_avg" in state:
-                    if (state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])).any():
-                        return f"Adam's averages of {names.get(p, '?')} out of step with each other (a torn update)"
+                    torn = state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])
+                    if torn.any():
+                        return (
+                            f"Adam's averages of {names.get(p, '?')} out of step with each other (a torn update) "
+                            f"{where(torn)}"
+                        )
     return None
