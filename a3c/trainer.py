@@ -404,15 +404,25 @@ class Trainer:
         return Snapshot(int(self.shared.frames.value), [t.clone() for t in self._shared_tensors()])
 
     def check_health(self) -> bool:
-        """True if the shared weights and statistics are sound; if not, roll them back (_roll_back)."""
-        damage = find_damage(self.model, self.optimizer)
-        if damage is None:
+        """True if the shared weights and statistics are sound; if not, roll them back (_roll_back).
+
+        The first look goes without the lock, so it may read a step half-way. Damage is confirmed under the lock,
+        with no step under way, and only then rolled back; what the first look saw is kept in the message when
+        the two differ (a damaged statistic beside sound weights is not what a bad step leaves)."""
+        seen = find_damage(self.model, self.optimizer)
+        if seen is None:
             return True
         with self._step_lock_held() as held:
-            if held:
-                self._roll_back(damage)
-            else:
-                log.error("%s, but the step lock stayed taken for %.0f s; trying again later", damage, LOCK_WAIT_S)
+            if not held:
+                log.error("%s, but the step lock stayed taken for %.0f s; trying again later", seen, LOCK_WAIT_S)
+                return False
+            damage = find_damage(self.model, self.optimizer)
+            if damage is None:
+                log.warning(
+                    "a look without the step lock saw %s; under the lock all is sound: nothing rolled back", seen
+                )
+                return True
+            self._roll_back(damage if damage == seen else f"{damage} (first seen without the lock: {seen})")
         return False
 
     def _roll_back(self, damage: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -250,3 +252,34 @@ def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
         assert "holds no finished games yet" in redraw.stderr
     assert csv_lines(csv) == second_rows  # --plot reads the CSV, never rewrites it
     assert_no_survivors(marker)
+
+
+# -- health checks of the shared model -----------------------------------------------------------------------------
+
+
+def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(tiny_cfg: Config, capsys: pytest.CaptureFixture):
+    """The unlocked look may catch a step half-way: a NaN that is gone once the lock is held is not rolled back,
+    and one that is still there is, with one line on stderr."""
+    trainer = Trainer(tiny_cfg)
+    weight = next(trainer.model.parameters())
+    sound = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    lock = trainer.shared.step_lock.held_by(rank=0)
+    lock.__enter__()  # a worker "in its step": the trainer's confirmation waits for it
+    result: list[bool] = []
+    checker = threading.Thread(target=lambda: result.append(trainer.check_health()))
+    checker.start()
+    time.sleep(0.3)
+    with torch.no_grad():
+        weight.copy_(sound)  # the step finishes and leaves sound weights
+    lock.__exit__(None, None, None)
+    checker.join(timeout=10)
+    assert result == [True] and trainer.rollbacks == 0
+
+    with torch.no_grad():
+        weight[0, 0] = float("nan")
+    assert trainer.check_health() is False
+    assert trainer.rollbacks == 1 and torch.isfinite(weight).all()
+    err = capsys.readouterr().err
+    assert "non-finite weights in" in err and "rolled back" in err and "first seen without the lock" not in err
