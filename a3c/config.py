@@ -45,8 +45,7 @@ class Config:
 
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
-    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: Pong reached 18 in 3.28M frames instead of 3.83M (median of
-    # 3 seeds each, docs/results.md).
+    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: fewer frames to solve Pong (docs/results.md).
     lr: float = 1.5e-4
     # lr holds until lr_anneal_start frames, falls linearly to lr_end at lr_anneal_frames, then stays there
     # (None: constant lr). The paper anneals to 0 over the whole run; a floor keeps a longer run still learning.
@@ -72,7 +71,7 @@ class Config:
     frame_skip: int = 4
     # The default recipe for every Atari game (issue #23; docs/results.md has the runs): a 42x42 single frame,
     # standardized, into the small conv net, whose features go straight into the LSTM. The paper's 84x84x4 net fed
-    # pixels / 255 stayed at random play on Pong for 25 minutes; the LSTM carries the motion a stack would.
+    # pixels / 255 stayed at random play on Pong; the LSTM carries the motion a stack would.
     frame_size: int = 42
     frame_stack: int = 1
     noop_max: int = 30

@@ -159,7 +159,7 @@ def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | Non
 
     def where(bad: torch.Tensor) -> str:
         # How many values and where: one stray value and a whole row of a gradient's product point to different
-        # causes (docs/reliability.md, "Health checks").
+        # causes (docs/reliability.md, "Damaged shared weights").
         first = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
         return f"({int(bad.sum()):,} of {bad.numel():,} values, first at {list(first)})"
 

@@ -158,15 +158,25 @@ class Trainer:
     @staticmethod
     def _trained_network(cfg: Config, payload: dict[str, Any]) -> Config:
         """A resumed run goes on with the network and frames it was trained with: a checkpoint from before the
-        default recipe changed resumes as it was saved. Flags that asked for something else are named."""
+        default recipe changed resumes as it was saved. Where this run's settings (flags, config file or defaults)
+        asked for something else, the log names both; an lr that differs from the saved one is named too, as this
+        run's lr is the one used."""
         trained = trained_network(cfg, payload)
         changed = [
-            f"{name} {getattr(trained, name)}"
+            f"{name} {getattr(trained, name)} (asked {getattr(cfg, name)})"
             for name in NETWORK_FIELDS
             if getattr(trained, name) != getattr(cfg, name)
         ]
         if changed:
             log.warning("resuming with the checkpoint's network settings: %s", ", ".join(changed))
+        saved_lr = payload.get("config", {}).get("lr")
+        if saved_lr is not None and saved_lr != cfg.lr:
+            log.warning(
+                "resuming at lr %g; the checkpoint was trained at %g (give --lr %g to keep it)",
+                cfg.lr,
+                saved_lr,
+                saved_lr,
+            )
         return trained
 
     def _resume(self, payload: dict[str, Any]) -> dict[str, list] | None:
@@ -407,7 +417,7 @@ class Trainer:
         """True if the shared weights and statistics are sound; if not, roll them back (_roll_back).
 
         The first look goes without the lock, so it may read a step half-way. Damage is confirmed under the lock,
-        with no step under way, and only then rolled back; what the first look saw is kept in the message when
+        with no step under way (with --lock-step, the default), and only then rolled back; what the first look saw is kept in the message when
         the two differ (a damaged statistic beside sound weights is not what a bad step leaves)."""
         seen = find_damage(self.model, self.optimizer)
         if seen is None:

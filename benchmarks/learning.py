@@ -70,6 +70,7 @@ def main() -> None:
 
     trainer = Trainer(cfg)
     status = trainer.run()
+    cfg = trainer.cfg  # as the trainer ran it: a resumed run keeps its checkpoint's network, --learner auto resolved
     milestones = MILESTONES.get(game_name(cfg.env_name), [cfg.target_reward] if cfg.target_reward is not None else [])
     reached = milestones_reached(cfg.csv_path, milestones)
     columns = read_csv(cfg.csv_path)
@@ -94,11 +95,13 @@ def main() -> None:
         "lr": cfg.lr,
         "seed": cfg.seed,
         "arch": cfg.arch,
-        "learner": trainer.cfg.learner,  # as the trainer resolved --learner auto
+        "learner": cfg.learner,
         "commit": commit,
         "exit_status": status,
         "games": len(columns.get("score", [])),
-        "frames": int(columns["frames"][-1]) if columns.get("frames") else 0,
+        "frames": int(columns["frames"][-1]) if columns.get("frames") else 0,  # when the last game ended
+        "frames_trained": int(trainer.shared.frames.value),  # when training stopped
+        "max_frames": cfg.max_frames,
         "seconds": round(columns["time_s"][-1], 1) if columns.get("time_s") else 0.0,
         "final_avg100": columns["avg100"][-1] if columns.get("avg100") else None,
         "target_reward": cfg.target_reward,

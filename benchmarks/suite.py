@@ -34,52 +34,63 @@ from a3c.metrics import read_csv  # noqa: E402
 GAMES = ("Pong", "Breakout", "SpaceInvaders", "Seaquest", "BeamRider", "Qbert")
 AT_FRAMES = {"1M": 1_000_000, "2M": 2_000_000, "5M": 5_000_000, "10M": 10_000_000}
 BUDGET = 5_000_000
-# Breakout's own goal (issue #23) is a 100-game average of 60 within 20 minutes, about 8M frames on 2 cores.
+# Breakout's own goal (issue #23) is a 100-game average of 60 within 20 minutes on 2 cores: about 8M frames.
 LONGER = {"breakout": 8_000_000}
 ANCHORS = ROOT / "benchmarks" / "anchors.json"
 
 
 def env_id(game: str) -> str:
-    """Pong -> PongNoFrameskip-v4; a full id is kept as given."""
-    return game if "-v" in game else f"{game}NoFrameskip-v4"
+    """Pong (any case) -> PongNoFrameskip-v4; a full id is kept as given."""
+    if "-v" in game:
+        return game
+    known = {name.lower(): name for name in GAMES}
+    return f"{known.get(game.lower(), game)}NoFrameskip-v4"
 
 
 def solved(summary: dict) -> bool:
     """Whether the run stopped because its 100-game average reached the game's target (Pong's 18)."""
     target, final = summary.get("target_reward"), summary.get("final_avg100")
-    return target is not None and final is not None and final >= target
+    return target is not None and final is not None and summary["games"] >= 100 and final >= target
 
 
-def score_at(columns: dict[str, list[float]], frames: int, stopped_solved: bool) -> tuple[float, int] | None:
+def score_at(
+    columns: dict[str, list[float]], frames: int, trained: int, stopped_solved: bool
+) -> tuple[float, int] | None:
     """The running average (of up to 100 games) after the last game that ended by `frames`, and how many games it
-    averages; None if the run did not reach `frames` (unless it stopped there solved: then its final average) or no
-    game had ended."""
-    done = columns.get("frames", [])
-    if not done or (done[-1] < frames and not stopped_solved):
+    averages. None if training stopped before `frames` (unless it stopped there solved: then its final average) or
+    no game had ended by then. `trained` is the frames trained in all, later than the last game's end."""
+    if trained < frames and not stopped_solved:
         return None
-    ended = [i for i, f in enumerate(done) if f <= frames]
+    ended = [i for i, f in enumerate(columns.get("frames", [])) if f <= frames]
     if not ended:
         return None
     last = ended[-1]
     return columns["avg100"][last], min(last + 1, 100)
 
 
-def run_game(game: str, frames: int, out: Path, seed: int, n_workers: int | None, extra: list[str]) -> dict:
-    """learning.py's summary of this game's run, running it unless --out-dir already holds one that covers frames."""
-    summary_path = out / "learning.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("frames", 0) >= frames or solved(summary):
-            print(f"{game}: reusing {summary_path} ({summary['frames']:,} frames)", flush=True)
-            return summary
-    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "--env-name", env_id(game)]
-    command += ["--max-frames", str(frames), "--seed", str(seed), "--out-dir", str(out), *extra]
-    if n_workers is not None:
-        command += ["--n-workers", str(n_workers)]
-    print(f"{game}: {' '.join(command[1:])}", flush=True)
+def run_game(game: str, frames: int, out: Path, args: list[str]) -> dict:
+    """learning.py's summary of this game's run with args. A run in `out` made with the same args is read back
+    when it ended well and covers `frames`; one made with other args is never mixed in or overwritten."""
+    summary_path, args_path = out / "learning.json", out / "suite-args.json"
+    if args_path.exists():
+        before = json.loads(args_path.read_text())
+        if before != args:
+            raise SystemExit(
+                f"suite.py: {out} holds a run made with other settings ({' '.join(before)}); give another --out-dir"
+            )
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            if summary["exit_status"] == 0 and (summary.get("frames_trained", 0) >= frames or solved(summary)):
+                print(f"{game}: reusing {summary_path} ({summary['frames_trained']:,} frames)", flush=True)
+                return summary
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path.unlink(missing_ok=True)  # a summary left by an earlier run must not stand in for this one
+    args_path.write_text(json.dumps(args))
+    print(f"{game}: learning.py {' '.join(args)}", flush=True)
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), *args, "--out-dir", str(out)]
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL)
-    if not summary_path.exists():
-        raise SystemExit(f"suite.py: {game} ended with status {done.returncode} and no summary in {out}")
+    if done.returncode != 0 or not summary_path.exists():
+        raise SystemExit(f"suite.py: {game}'s run ended with status {done.returncode}; its log is in {out}")
     return json.loads(summary_path.read_text())
 
 
@@ -137,6 +148,7 @@ def grid(rows: list[dict], curves: dict[str, dict[str, list[float]]], anchors: d
 
 
 def main() -> None:
+    """Run (or read back) every game's run, then write the table, the grid and the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--games", default=",".join(GAMES), help="comma-separated games or env ids")
     parser.add_argument("--frames", type=int, help=f"frames per game (default {BUDGET:,}; Breakout 8M)")
@@ -155,7 +167,10 @@ def main() -> None:
     for game in games:
         frames = args.frames or LONGER.get(game_name(env_id(game)), BUDGET)
         out = out_dir / safe_name(env_id(game))
-        summary = run_game(game, frames, out, args.seed, args.n_workers, extra)
+        run_args = ["--env-name", env_id(game), "--max-frames", str(frames), "--seed", str(args.seed), *extra]
+        if args.n_workers is not None:
+            run_args += ["--n-workers", str(args.n_workers)]
+        summary = run_game(game, frames, out, run_args)
         columns = read_csv(out / f"{safe_name(env_id(game))}.csv")
         curves[game] = columns
         seconds = max(summary["seconds"], 1e-9)
@@ -163,12 +178,15 @@ def main() -> None:
             {
                 "game": game,
                 "env_name": summary["env_name"],
-                "frames": summary["frames"],
+                "frames": summary["frames_trained"],
                 "minutes": seconds / 60,
-                "frames_per_s": summary["frames"] / seconds,
+                "frames_per_s": summary["frames"] / seconds,  # both at the last game's end
                 "exit_status": summary["exit_status"],
                 "commit": summary["commit"],
-                "at": {mark: score_at(columns, f, solved(summary)) for mark, f in AT_FRAMES.items()},
+                "at": {
+                    mark: score_at(columns, f, summary["frames_trained"], solved(summary))
+                    for mark, f in AT_FRAMES.items()
+                },
                 "solved_at_frames": summary["frames"] if solved(summary) else None,
                 "final_avg100": summary["final_avg100"],
                 "settings": summary["settings"] | {"lr": summary["lr"], "arch": summary["arch"]},

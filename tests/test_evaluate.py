@@ -164,8 +164,8 @@ def test_training_with_evaluator_losses_and_tensorboard(tmp_path: Path):
 
 
 def test_checkpoint_older_than_a_setting_is_evaluated_with_its_default(cartpole_run, tmp_path: Path):
-    """A checkpoint saved before fc_layer / crop_* existed was trained without them: their defaults apply, not the
-    game config's or the flags' values."""
+    """A checkpoint saved before fc_layer / crop_* existed was trained without them: their values from before they
+    existed apply (fc layer on, no crop), not today's defaults, the game config's or the flags'."""
     import torch
 
     from a3c.checkpoint import load_checkpoint, save_checkpoint

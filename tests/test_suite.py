@@ -16,6 +16,7 @@ SUITE = REPO_ROOT / "benchmarks" / "suite.py"
 
 
 def load_suite():
+    """benchmarks/suite.py as a module (benchmarks/ is a folder of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location("suite", SUITE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -23,13 +24,23 @@ def load_suite():
 
 
 def test_score_at_reads_the_last_game_ended_by_each_frame_count():
+    """The average after the last game ended by each mark; a mark past the end of training has none, unless the
+    run stopped there solved. Training goes on after the last game ends, so a run stopped at 1,600 frames whose
+    last game ended at 1,500 still has a score at 1,600."""
     suite = load_suite()
     columns = {"frames": [400.0, 900.0, 1500.0], "avg100": [1.0, 2.0, 3.0]}
-    assert suite.score_at(columns, 1000, stopped_solved=False) == (2.0, 2)
-    assert suite.score_at(columns, 1500, stopped_solved=False) == (3.0, 3)
-    assert suite.score_at(columns, 300, stopped_solved=False) is None  # no game had ended yet
-    assert suite.score_at(columns, 2000, stopped_solved=False) is None  # the run never got there
-    assert suite.score_at(columns, 2000, stopped_solved=True) == (3.0, 3)  # it stopped there, solved
+    assert suite.score_at(columns, 1000, 1600, stopped_solved=False) == (2.0, 2)
+    assert suite.score_at(columns, 1600, 1600, stopped_solved=False) == (3.0, 3)
+    assert suite.score_at(columns, 300, 1600, stopped_solved=False) is None  # no game had ended yet
+    assert suite.score_at(columns, 2000, 1600, stopped_solved=False) is None  # training never got there
+    assert suite.score_at(columns, 2000, 1600, stopped_solved=True) == (3.0, 3)  # it stopped there, solved
+
+
+def test_game_names_become_noframeskip_ids():
+    """Pong in any case -> PongNoFrameskip-v4; a full id stays as given."""
+    suite = load_suite()
+    assert suite.env_id("pong") == suite.env_id("Pong") == "PongNoFrameskip-v4"
+    assert suite.env_id("ALE/Breakout-v5") == "ALE/Breakout-v5"
 
 
 def test_every_suite_game_has_random_play_and_an_anchor_curve_with_a_source():
@@ -46,8 +57,10 @@ def test_every_suite_game_has_random_play_and_an_anchor_curve_with_a_source():
 @pytest.mark.learning
 @pytest.mark.multiprocess
 def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_a_finished_run(tmp_path: Path):
+    """A real suite of one tiny CartPole run: the table, the PNG grid and the summary; run again, it reads the run
+    back instead of training; with other trainer flags it refuses the folder rather than mix the two runs."""
     command = [sys.executable, str(SUITE), "--games", "CartPole-v1", "--frames", "3000", "--n-workers", "1"]
-    command += ["--out-dir", str(tmp_path), "--save-interval", "1"]
+    command += ["--out-dir", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
@@ -60,3 +73,7 @@ def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_a_finished_run(tm
     assert again.returncode == 0, again.stderr[-2000:]
     assert "CartPole-v1: reusing" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["games"][0]["frames"] == row["frames"]
+
+    other = subprocess.run([*command, "--lr", "5e-4"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "holds a run made with other settings" in other.stderr
+    assert json.loads((tmp_path / "CartPole-v1" / "learning.json").read_text())["frames_trained"] == row["frames"]

@@ -174,9 +174,12 @@ def test_resume_layout_error_names_the_keys(tmp_path: Path, capsys: pytest.Captu
     assert "value.bias" in capsys.readouterr().err
 
 
-def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe(tmp_path: Path):
+def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """A Pong run saved with the paper's net, before standardize_frames, fc_layer and crop rows existed, resumes with
-    that net and that input: today's defaults and Pong's crop rows do not apply to it."""
+    that net and that input: today's defaults and Pong's crop rows do not apply to it. The log names what differs
+    from what was asked, and the lr it trained at."""
     dirs = {"checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
     paper = {"arch": "paper", "frame_size": 84, "frame_stack": 4, "standardize_frames": False, "fc_layer": True}
     old = Trainer(build_config({"env_name": PONG, "n_workers": 1, **paper, **dirs}))
@@ -185,12 +188,15 @@ def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe
         del payload["config"][key]
     for key in ("standardize_frames", "fc_layer"):
         del payload["model_spec"][key]
+    payload["config"]["lr"] = 1e-4
     save_checkpoint(payload, old.cfg.checkpoint_path)
 
     resumed = Trainer(build_config({"env_name": PONG, "n_workers": 1, "use_trained": True, **dirs}))
     assert {name: getattr(resumed.cfg, name) for name in paper} == paper
     assert (resumed.cfg.crop_top, resumed.cfg.crop_bottom) == (0, 0)
     assert resumed.spec["obs_shape"] == [4, 84, 84]
+    assert "arch paper (asked small)" in caplog.text and "crop_top 0 (asked 34)" in caplog.text
+    assert "the checkpoint was trained at 0.0001 (give --lr 0.0001 to keep it)" in caplog.text
     for a, b in zip(resumed.model.state_dict().values(), payload["model"].values(), strict=True):
         assert torch.equal(a, b)
 
@@ -257,7 +263,9 @@ def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
 # -- health checks of the shared model -----------------------------------------------------------------------------
 
 
-def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(tiny_cfg: Config, capsys: pytest.CaptureFixture):
+def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(
+    tiny_cfg: Config, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+):
     """The unlocked look may catch a step half-way: a NaN that is gone once the lock is held is not rolled back,
     and one that is still there is, with one line on stderr."""
     trainer = Trainer(tiny_cfg)
@@ -270,12 +278,13 @@ def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(tiny_cfg: Con
     result: list[bool] = []
     checker = threading.Thread(target=lambda: result.append(trainer.check_health()))
     checker.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # the checker's first look (a fraction of a millisecond) sees the NaN, then waits
     with torch.no_grad():
         weight.copy_(sound)  # the step finishes and leaves sound weights
     lock.__exit__(None, None, None)
     checker.join(timeout=10)
     assert result == [True] and trainer.rollbacks == 0
+    assert "under the lock all is sound: nothing rolled back" in caplog.text
 
     with torch.no_grad():
         weight[0, 0] = float("nan")
