@@ -417,8 +417,9 @@ class Trainer:
         """True if the shared weights and statistics are sound; if not, roll them back (_roll_back).
 
         The first look goes without the lock, so it may read a step half-way. Damage is confirmed under the lock,
-        with no step under way (with --lock-step, the default), and only then rolled back; what the first look saw is kept in the message when
-        the two differ (a damaged statistic beside sound weights is not what a bad step leaves)."""
+        with no step under way (with --lock-step, the default), and only then rolled back; what the first look saw
+        is kept in the message when the two differ (a damaged statistic beside sound weights is not what a bad
+        step leaves)."""
         seen = find_damage(self.model, self.optimizer)
         if seen is None:
             return True
