@@ -173,7 +173,8 @@ def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | Non
                 state = optimizer.state.get(p, {})
                 for key, value in state.items():
                     if torch.is_tensor(value) and not torch.isfinite(value).all():
-                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(~torch.isfinite(value))}"
+                        bad = ~torch.isfinite(value)
+                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(bad)}"
                 if bound is not None and "exp_avg" in state:
                     torn = state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])
                     if torn.any():
