@@ -107,6 +107,7 @@ def table(rows: list[dict], anchors: dict) -> str:
             hit = row["at"][mark]
             cells.append("-" if hit is None else f"{hit[0]:.1f}" + ("" if hit[1] >= 100 else f" ({hit[1]} games)"))
         name = "a3c" + (f", solved at {row['solved_at_frames'] / 1e6:.2f}M" if row["solved_at_frames"] else "")
+        name += f", ended with exit status {row['exit_status']}" if row["exit_status"] != 0 else ""
         lines.append(
             f"| **{row['game']}** | {name} | {' | '.join(cells)} | {row['minutes']:.1f} | {row['frames_per_s']:,.0f} |"
         )
