@@ -165,15 +165,17 @@ def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | Non
 
     with torch.no_grad():
         for p, name in names.items():
-            if not torch.isfinite(p).all():
-                return f"non-finite weights in {name} {where(~torch.isfinite(p))}"
+            # One look, then describe that look: workers and a rollback may change p between two looks.
+            bad = ~torch.isfinite(p)
+            if bad.any():
+                return f"non-finite weights in {name} {where(bad)}"
         for group in optimizer.param_groups:
             bound = adam_moment_bound(*group["betas"]) * 1.01 if "betas" in group else None
             for p in group["params"]:
                 state = optimizer.state.get(p, {})
                 for key, value in state.items():
-                    if torch.is_tensor(value) and not torch.isfinite(value).all():
-                        bad = ~torch.isfinite(value)
+                    bad = ~torch.isfinite(value) if torch.is_tensor(value) else None
+                    if bad is not None and bad.any():
                         return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(bad)}"
                 if bound is not None and "exp_avg" in state:
                     torn = state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])

@@ -315,7 +315,9 @@ class Trainer:
             self.exit_status = status
 
     def _check_skipped(self, now: float) -> None:
-        """End the run when most recent updates came out non-finite: the model would only stand still."""
+        """End the run when most recent updates came out non-finite: the model would only stand still. Unless the
+        shared weights are what is damaged: then every worker's loss is non-finite until a rollback, so roll back
+        now (check_health) and count afresh, whenever the health check would otherwise have come."""
         updates, skipped = self.shared.updates.value, self.shared.skipped_updates.value
         window = self.update_window
         window.append((now, updates, skipped))
@@ -324,6 +326,9 @@ class Trainer:
         _, updates_then, skipped_then = window[0]
         new_skipped, applied = skipped - skipped_then, updates - updates_then
         if new_skipped >= MIN_SKIPPED_TO_STOP and new_skipped > applied:
+            if not self.check_health():
+                window.clear()
+                return
             self._request_stop(
                 f"{new_skipped} of the last {new_skipped + applied} updates had a non-finite loss or gradient and were "
                 "skipped; the model holds the last good weights (try a lower --lr or --max-grad-norm)",

@@ -119,6 +119,7 @@ def main() -> None:
             "rollout_len": cfg.rollout_len,
             "lr": cfg.lr,
             "exit_status": status,
+            "stop_reason": trainer.stop_reason,
             "frames": int(trainer.shared.frames.value),
             "updates": updates,
             "updates_per_s": round(updates / seconds, 1),  # the few before the first frame counted are noise

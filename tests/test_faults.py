@@ -26,6 +26,7 @@ from helpers import (
     worker_pids,
 )
 
+from a3c import trainer as trainer_module
 from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import build_config
 from a3c.trainer import EXIT_FAILED, Trainer
@@ -153,6 +154,29 @@ def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path: Path):
     payload = load_checkpoint(tmp_path / "ck" / "faulty_envs_NanRewardGame-v0.pt")
     for name, weights in payload["model"].items():
         assert torch.equal(weights, before[name]), name  # the saved model is the last good one: untouched
+
+
+def test_skips_from_damaged_shared_weights_roll_back_instead_of_ending_the_run(tmp_path: Path, monkeypatch):
+    """NaN in the shared weights makes every update non-finite. When the skipped updates pile up before the
+    periodic health check comes (a plot that takes seconds on a loaded machine), the trainer rolls back and goes
+    on rather than ending the run for them."""
+    monkeypatch.setattr(trainer_module, "HEALTH_INTERVAL_S", 1e9)
+    cfg = build_config(
+        {
+            "env_name": CARTPOLE,
+            "serial": True,
+            "max_seconds": 6,
+            "checkpoint_dir": str(tmp_path / "ck"),
+            "plot_dir": str(tmp_path / "pl"),
+        }
+    )
+    trainer = Trainer(cfg)
+    with torch.no_grad():
+        next(trainer.model.parameters()).view(-1)[:3] = float("nan")
+    assert trainer.run() == 0, trainer.stop_reason
+    assert trainer.shared.skipped_updates.value >= 20 and trainer.rollbacks == 1
+    assert trainer.damage_seen[0][1].startswith("non-finite weights")
+    assert trainer.shared.updates.value > trainer.shared.skipped_updates.value  # it learned again after the rollback
 
 
 SAVER = """
