@@ -157,31 +157,33 @@ def find_damage(model: nn.Module, optimizer: torch.optim.Optimizer) -> str | Non
     + eps, as the step divides by it, with 1% slack for float32 rounding)."""
     names = {p: name for name, p in model.named_parameters()}
 
-    def where(bad: torch.Tensor) -> str:
-        # How many values and where: one stray value and a whole row of a gradient's product point to different
-        # causes (docs/reliability.md, "Damaged shared weights").
+    def where(bad: torch.Tensor, values: torch.Tensor) -> str:
+        # How many values, where and what: one stray value and a whole row of a gradient's product point to
+        # different causes, and so do inf (an overflow) and nan (docs/reliability.md, "Damaged shared weights").
         first = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
-        return f"({int(bad.sum()):,} of {bad.numel():,} values, first at {list(first)})"
+        return f"({int(bad.sum()):,} of {bad.numel():,} values, first at {list(first)}: {float(values[first]):.4g})"
 
     with torch.no_grad():
         for p, name in names.items():
-            # One look, then describe that look: workers and a rollback may change p between two looks.
-            bad = ~torch.isfinite(p)
+            # One look (a copy), then describe that look: workers and a rollback may change p between two looks.
+            look = p.clone()
+            bad = ~torch.isfinite(look)
             if bad.any():
-                return f"non-finite weights in {name} {where(bad)}"
+                return f"non-finite weights in {name} {where(bad, look)}"
         for group in optimizer.param_groups:
             bound = adam_moment_bound(*group["betas"]) * 1.01 if "betas" in group else None
             for p in group["params"]:
                 state = optimizer.state.get(p, {})
                 for key, value in state.items():
-                    bad = ~torch.isfinite(value) if torch.is_tensor(value) else None
+                    look = value.clone() if torch.is_tensor(value) else None
+                    bad = None if look is None else ~torch.isfinite(look)
                     if bad is not None and bad.any():
-                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(bad)}"
+                        return f"non-finite optimizer statistic {key} of {names.get(p, '?')} {where(bad, look)}"
                 if bound is not None and "exp_avg" in state:
                     torn = state["exp_avg"].abs() > bound * (state["exp_avg_sq"].sqrt() + group["eps"])
                     if torn.any():
                         return (
                             f"Adam's averages of {names.get(p, '?')} out of step with each other (a torn update) "
-                            f"{where(torn)}"
+                            f"{where(torn, state['exp_avg'])}"
                         )
     return None

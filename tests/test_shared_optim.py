@@ -244,17 +244,17 @@ def test_adam_averages_from_one_stream_never_pass_their_bound():
 @pytest.mark.parametrize(
     ("poison", "found"),
     [
-        ("weight", "non-finite weights in weight (1 of 6 values, first at [1, 2])"),
-        ("exp_avg_sq", "non-finite optimizer statistic exp_avg_sq of bias (1 of 2 values, first at [0])"),
+        ("weight", "non-finite weights in weight (1 of 6 values, first at [1, 2]: nan)"),
+        ("exp_avg_sq", "non-finite optimizer statistic exp_avg_sq of bias (1 of 2 values, first at [0]: inf)"),
         (
             "torn",
-            "Adam's averages of weight out of step with each other (a torn update) (1 of 6 values, first at [0, 0])",
+            "Adam's averages of weight out of step with each other (a torn update) (1 of 6 values, first at [0, 0]: 1)",
         ),
     ],
 )
 def test_find_damage_names_what_is_wrong(poison: str, found: str):
     """A NaN weight, an infinite statistic, and a torn pair (exp_avg holding a gradient exp_avg_sq lacks) are each
-    named, with how many values and the first one's index; a sound model gives None."""
+    named, with how many values and the first one's index and value; a sound model gives None."""
     net = nn.Linear(3, 2)
     optimizer = SharedAdam(net.parameters(), lr=1e-3)
     for p in net.parameters():
