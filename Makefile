@@ -7,7 +7,7 @@ PIP = $(PYTHON) -m pip
 # packages); a torch that is already installed (a GPU build, a newer release) is kept as it is.
 setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,cluster]"
 
 train: setup
 	$(PYTHON) main.py --env-name PongNoFrameskip-v4
@@ -15,9 +15,9 @@ train: setup
 test: setup
 	$(PYTHON) -m pytest -q
 
-# Everything but the learning, multi-process and slow tests (pyproject.toml names the markers).
+# Everything but the learning, multi-process, slow and cluster tests (pyproject.toml names the markers).
 test-fast: setup
-	$(PYTHON) -m pytest -q -m "not learning and not multiprocess and not slow"
+	$(PYTHON) -m pytest -q -m "not learning and not multiprocess and not slow and not cluster"
 
 lint:
 	$(PYTHON) -m ruff check a3c tests benchmarks main.py

@@ -153,6 +153,26 @@ def make_parser() -> argparse.ArgumentParser:
     stop.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, help="also log scalars for TensorBoard")
     stop.add_argument("--tensorboard-dir", dest="tensorboard_dir", help="where TensorBoard runs go")
 
+    cluster = p.add_argument_group("several hosts (Ray; pip install -e '.[cluster]')")
+    cluster.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        metavar="ADDR",
+        help="train on the Ray cluster whose head is at host:port (or auto): one group of workers per node",
+    )
+    cluster.add_argument(
+        "--workers-per-host",
+        dest="workers_per_host",
+        type=int,
+        help="workers on each host (0 = the CPUs Ray counts on that node)",
+    )
+    cluster.add_argument(
+        "--exchange-interval",
+        dest="exchange_interval_s",
+        type=float,
+        help="seconds between a host's exchanges of its weight delta with the global model",
+    )
+
     ev = p.add_argument_group("evaluation")
     ev.add_argument(
         "--evaluate", action="store_true", help="play whole games with the trained model instead of training"
@@ -208,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = checkpoint or cfg.checkpoint_path
             evaluation.evaluate_checkpoint(cfg, checkpoint, record)
             return 0
+        if cfg.ray_address is not None and not plot_only:
+            from a3c import cluster  # only here: a local run never imports Ray
+
+            return cluster.train_on_cluster(cfg)
         from a3c import trainer
 
         return trainer.redraw_plot(cfg) if plot_only else trainer.train(cfg)

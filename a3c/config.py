@@ -100,6 +100,13 @@ class Config:
     use_trained: bool = False
     serial: bool = False  # run one worker in the parent process: for debugging and deterministic tests
 
+    # Several hosts on a Ray cluster (a3c/cluster.py): None trains on this machine alone and never imports Ray.
+    # Each host runs workers_per_host workers (0: the CPUs Ray counts on that node) on a host-local shared model,
+    # and sends its weight delta to the global model every exchange_interval_s.
+    ray_address: str | None = None
+    workers_per_host: int = 0
+    exchange_interval_s: float = 1.0
+
     # Evaluation (--evaluate, and the evaluator process of a run when eval_interval_s > 0) and TensorBoard.
     eval_interval_s: float = 0.0
     eval_episodes: int = 10
@@ -205,6 +212,22 @@ class Config:
             f"eval_interval must be >= 0 seconds (0 = no evaluator), got {self.eval_interval_s}",
         )
         need(1 <= self.eval_episodes <= 100_000, f"episodes must be between 1 and 100000, got {self.eval_episodes}")
+        need(
+            0 <= self.workers_per_host <= 256,
+            f"workers_per_host must be between 0 and 256, got {self.workers_per_host}",
+        )
+        need(
+            math.isfinite(self.exchange_interval_s) and self.exchange_interval_s > 0,
+            f"exchange_interval must be > 0 seconds, got {self.exchange_interval_s}",
+        )
+        need(
+            self.ray_address is None or bool(self.ray_address.strip()),
+            "ray_address is empty: give host:port of the cluster's head, or auto",
+        )
+        need(
+            self.ray_address is None or not self.serial,
+            "--serial runs one worker in this process; it does not go with --ray-address",
+        )
         need(bool(self.checkpoint_dir), "checkpoint_dir is empty")
         need(bool(self.plot_dir), "plot_dir is empty")
         if problems:

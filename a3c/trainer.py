@@ -208,6 +208,10 @@ class Trainer:
         return payload["history"]
 
     # -- workers -------------------------------------------------------------------------------------------------
+    def _start_workers(self) -> None:
+        for rank in range(self.cfg.n_workers):
+            self._spawn(rank)
+
     def _spawn(self, rank: int) -> None:
         process = self.ctx.Process(
             target=run_worker, args=(rank, self.cfg, self.shared), name=f"worker-{rank}", daemon=True
@@ -272,25 +276,29 @@ class Trainer:
             except queue.Empty:
                 return
             block = False
-            if isinstance(record, GameResult):
-                row = self.metrics.add(record, self._elapsed())
-                self._to_tensorboard(record.frames, {"game/score": row["score"], "game/avg100": row["avg100"]})
-            elif isinstance(record, WorkerStats):
-                self.worker_stats[record.worker] = record
-                if record.losses:
-                    frames = int(self.shared.frames.value)
-                    self.metrics.add_losses(self._elapsed(), frames, record.worker, record.losses)
-                    self._to_tensorboard(frames, {f"train/{k}": v for k, v in record.losses.items() if k != "updates"})
-            elif isinstance(record, EvalResult):
-                row = self.metrics.add_eval(self._elapsed(), record.frames, record.scores)
-                log.info(
-                    "evaluation at %s frames: mean %.2f +- %.2f over %d games",
-                    f"{record.frames:,}", row["mean"], row["std"], row["games"],
-                )  # fmt: skip
-                self._to_tensorboard(record.frames, {"eval/mean": row["mean"], "eval/std": row["std"]})
-            elif isinstance(record, WorkerFailure):
-                who = "the evaluator" if record.worker < 0 else f"worker-{record.worker}"
-                log.error("%s failed:\n%s", who, record.traceback.rstrip())
+            self._take(record)
+
+    def _take(self, record: GameResult | WorkerStats | EvalResult | WorkerFailure) -> None:
+        """One record from a worker or the evaluator: into the CSV, TensorBoard or the log."""
+        if isinstance(record, GameResult):
+            row = self.metrics.add(record, self._elapsed())
+            self._to_tensorboard(record.frames, {"game/score": row["score"], "game/avg100": row["avg100"]})
+        elif isinstance(record, WorkerStats):
+            self.worker_stats[record.worker] = record
+            if record.losses:
+                frames = int(self.shared.frames.value)
+                self.metrics.add_losses(self._elapsed(), frames, record.worker, record.losses)
+                self._to_tensorboard(frames, {f"train/{k}": v for k, v in record.losses.items() if k != "updates"})
+        elif isinstance(record, EvalResult):
+            row = self.metrics.add_eval(self._elapsed(), record.frames, record.scores)
+            log.info(
+                "evaluation at %s frames: mean %.2f +- %.2f over %d games",
+                f"{record.frames:,}", row["mean"], row["std"], row["games"],
+            )  # fmt: skip
+            self._to_tensorboard(record.frames, {"eval/mean": row["mean"], "eval/std": row["std"]})
+        elif isinstance(record, WorkerFailure):
+            who = "the evaluator" if record.worker < 0 else f"worker-{record.worker}"
+            log.error("%s failed:\n%s", who, record.traceback.rstrip())
 
     def _to_tensorboard(self, frames: int, scalars: dict[str, float]) -> None:
         if self.tensorboard is not None:
@@ -494,8 +502,7 @@ class Trainer:
             if cfg.serial:
                 serial_worker = Worker(0, cfg, self.shared)
             else:
-                for rank in range(cfg.n_workers):
-                    self._spawn(rank)
+                self._start_workers()
             if cfg.eval_interval_s > 0:
                 self._spawn_evaluator()
             lr_schedule = ""

@@ -1,6 +1,6 @@
 """The layering docs/architecture.md describes, held by parsing every module's imports (lazy ones included):
 each a3c module may import only the modules its row names, the maths knows no games and no processes, the worker
-reaches no module that writes files, and nothing imports the CLI."""
+reaches no module that writes files, nothing imports the CLI, and only the cluster driver imports Ray."""
 
 from __future__ import annotations
 
@@ -73,7 +73,17 @@ ALLOWED: dict[str, set[str]] = {
         "a3c.shared_optim",
         "a3c.worker",
     },
-    "a3c.cli": {"a3c.checkpoint", "a3c.config", "a3c.model", "a3c.evaluate", "a3c.trainer"},
+    "a3c.cluster": {
+        "a3c.config",
+        "a3c.envs",
+        "a3c.messages",
+        "a3c.model",
+        "a3c.processes",
+        "a3c.shared_optim",
+        "a3c.trainer",
+        "a3c.worker",
+    },
+    "a3c.cli": {"a3c.checkpoint", "a3c.config", "a3c.model", "a3c.evaluate", "a3c.trainer", "a3c.cluster"},
 }
 
 
@@ -155,6 +165,11 @@ def test_nothing_imports_the_cli(module: str):
     assert "a3c.cli" not in imports_of(module)[0], f"{module} imports a3c.cli: the CLI sits on top of everything"
 
 
-def test_only_the_cli_imports_the_trainer():
+def test_only_the_cli_and_the_cluster_driver_import_the_trainer():
     importers = sorted(m for m in MODULES if "a3c.trainer" in imports_of(m)[0])
-    assert importers == ["a3c.cli"], f"{importers} import a3c.trainer; only a3c.cli may"
+    assert importers == ["a3c.cli", "a3c.cluster"], f"{importers} import a3c.trainer; only a3c.cli and a3c.cluster may"
+
+
+def test_only_the_cluster_imports_ray():
+    importers = sorted(m for m in MODULES if "ray" in imports_of(m)[1])
+    assert importers == ["a3c.cluster"], f"{importers} import ray; a local run must never load it"

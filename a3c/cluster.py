@@ -1,0 +1,476 @@
+"""Several hosts on a Ray cluster (--ray-address): A3C's asynchrony one level up.
+
+On each host, a HostGroup actor runs today's worker group unchanged: Hogwild workers on a host-local shared model
+and shared optimizer. Between hosts, one GlobalModel actor holds the global weights. Every exchange_interval_s,
+without a barrier, a host sends its weight delta since its last exchange, the actor adds it, and the host takes the
+global weights back. Gradients never cross the network, only one delta up and one set of weights down per host and
+exchange. Shipping each worker's gradients (about 40 a second) would cost about 40 times that.
+
+The driver is the usual Trainer (ClusterTrainer). It alone writes the CSV, plot and checkpoint, so they look as in a
+local run, with frames counted over all hosts. Imported only with --ray-address; ray is an optional extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from a3c.config import Config, ConfigError
+from a3c.envs import env_spaces
+from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
+from a3c.model import build_model
+from a3c.processes import NOBODY, SharedState, StepLock
+from a3c.shared_optim import find_damage, make_optimizer, set_lr
+from a3c.trainer import EXIT_FAILED, Trainer
+from a3c.worker import run_worker
+
+try:
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError:  # the CLI turns this into one line: install the extra
+    ray = None
+
+log = logging.getLogger(__name__)
+
+HOST_RANK = -3  # who holds a host's step lock while it folds the global weights in
+POLL_WAIT_S = 0.5  # a host's poll waits this long for its first record: a long poll, not a busy loop
+STOP_WAIT_S = 60.0  # the longest the driver waits for a host to stop its workers and send its last delta
+
+
+def flat_weights(model: nn.Module) -> torch.Tensor:
+    """A copy of every parameter in one float32 vector [P], in model.parameters() order."""
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def copy_weights(model: nn.Module, vector: torch.Tensor) -> None:
+    """Write a flat vector [P] into the parameters in place (torch's vector_to_parameters rebinds .data instead,
+    which would leave shared memory behind)."""
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(vector[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+def add_weights(model: nn.Module, vector: torch.Tensor) -> None:
+    """Add a flat vector [P] to the parameters in place."""
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(vector[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+class GlobalModel:
+    """The global weights (one float32 vector) and the frames the hosts have sent. A Ray actor: its methods run one
+    at a time, so each exchange adds a whole delta."""
+
+    def __init__(self, weights: np.ndarray, frames: int):
+        self.weights = np.array(weights, dtype=np.float32)
+        self.frames = frames
+        self.exchanges = 0
+
+    def exchange(self, delta: np.ndarray, frames: int) -> tuple[np.ndarray, int]:
+        """Add a host's weight delta [P] and its frames since its last exchange; return the global weights and frames."""
+        self.weights += delta
+        self.frames += frames
+        self.exchanges += 1
+        return self.weights, self.frames
+
+    def get(self) -> tuple[np.ndarray, int, int]:
+        """The global weights [P], frames and the number of exchanges so far."""
+        return self.weights, self.frames, self.exchanges
+
+    def put(self, weights: np.ndarray) -> None:
+        """Replace the global weights (the driver's rollback of damaged weights)."""
+        self.weights[:] = weights
+
+
+class HostReport(NamedTuple):
+    """What a host tells the driver at each poll: the workers' records since the last poll, its running totals (this
+    session), and lines for the driver's log."""
+
+    host: int
+    records: list[GameResult | WorkerStats | EvalResult | WorkerFailure]
+    frames: int  # emulator frames this host's workers ran
+    updates: int
+    skipped_updates: int
+    exchanges: int
+    bytes_sent: int
+    bytes_received: int
+    events: list[str]
+
+
+class HostGroup:
+    """One host's worker group (a Ray actor pinned to its node): workers on a host-local shared model and optimizer,
+    as in a local run, and a thread that exchanges the weight delta with the GlobalModel every exchange_interval_s.
+
+    Folding the global weights in keeps the host's own progress: after sending delta = local - base, the host adds
+    (global - what it sent from), so the steps its workers took meanwhile stay, and go with the next delta."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        host: int,
+        ranks: list[int],
+        weights: np.ndarray,
+        optimizer_state: dict[str, Any],
+        global_model: Any,
+        frames: int,
+    ):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        self.cfg, self.host, self.global_model = cfg, host, global_model
+        self.model, _ = build_model(cfg, *env_spaces(cfg))
+        copy_weights(self.model, torch.from_numpy(np.array(weights)))
+        self.optimizer = make_optimizer(
+            cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
+        )
+        self.optimizer.load_state_dict(optimizer_state)
+        set_lr(self.optimizer, cfg.lr)
+        self.optimizer.share_memory()
+        self.model.share_memory()
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["a3c.worker"])
+        self.shared = SharedState(
+            model=self.model,
+            optimizer=self.optimizer,
+            frames=self.ctx.Value("q", frames),
+            updates=self.ctx.Value("q", 0),
+            skipped_updates=self.ctx.Value("q", 0),
+            stop=self.ctx.Event(),
+            results=self.ctx.Queue(),
+            step_lock=StepLock(self.ctx.Lock(), self.ctx.RawValue("i", NOBODY)),
+        )
+        self.start_frames = frames
+        self.foreign_frames = 0  # other hosts' frames added to this host's counter, so lr schedules see them all
+        self.frames_sent = 0
+        self.base = flat_weights(self.model)  # the global weights as of this host's last exchange
+        self.statistics = self._statistics_copy()
+        self.exchanges = self.bytes_sent = self.bytes_received = 0
+        self.events: list[str] = []
+        self.processes: dict[int, Any] = {}
+        for rank in ranks:
+            self._spawn(rank)
+        self.halt = threading.Event()
+        self.exchanger = threading.Thread(target=self._exchange_loop, name="exchange", daemon=True)
+        self.exchanger.start()
+
+    def _spawn(self, rank: int) -> None:
+        process = self.ctx.Process(
+            target=run_worker, args=(rank, self.cfg, self.shared), name=f"worker-{rank}", daemon=True
+        )
+        process.start()
+        self.processes[rank] = process
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        return [
+            state[key]
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            for state in [self.optimizer.state[p]]
+            for key in sorted(state)
+            if torch.is_tensor(state[key])
+        ]
+
+    def _statistics_copy(self) -> list[torch.Tensor]:
+        return [t.clone() for t in self._optimizer_tensors()]
+
+    def own_frames(self) -> int:
+        return int(self.shared.frames.value) - self.start_frames - self.foreign_frames
+
+    def _exchange_loop(self) -> None:
+        while not self.halt.wait(self.cfg.exchange_interval_s):
+            try:
+                self.exchange()
+            except RayError as error:  # the global model is gone: the driver is, too
+                self.events.append(f"host {self.host}: the global model is gone ({type(error).__name__}); stopping")
+                self.shared.stop.set()
+                return
+
+    def exchange(self) -> None:
+        """Send this host's weight delta and new frames; fold the global weights and other hosts' frames in. Damaged
+        weights or statistics are not sent: the host goes back to the global weights and its last sound statistics."""
+        damage = find_damage(self.model, self.optimizer)
+        if damage is not None:
+            with self.shared.step_lock.held_by(HOST_RANK):
+                copy_weights(self.model, self.base)
+                for tensor, saved in zip(self._optimizer_tensors(), self.statistics, strict=True):
+                    tensor.copy_(saved)
+            self.events.append(f"host {self.host}: {damage}; went back to the global weights and going on")
+            return
+        sent_from = flat_weights(self.model)
+        delta = (sent_from - self.base).numpy()
+        own = self.own_frames()
+        weights, total_frames = ray.get(self.global_model.exchange.remote(delta, own - self.frames_sent))
+        self.frames_sent = own
+        global_weights = torch.from_numpy(np.array(weights))
+        with self.shared.step_lock.held_by(HOST_RANK):
+            add_weights(self.model, global_weights - sent_from)
+            self.statistics = self._statistics_copy()
+        self.base = global_weights
+        others = total_frames - self.start_frames - own - self.foreign_frames
+        if others > 0:
+            with self.shared.frames.get_lock():
+                self.shared.frames.value += others
+            self.foreign_frames += others
+        self.exchanges += 1
+        self.bytes_sent += delta.nbytes
+        self.bytes_received += global_weights.numel() * global_weights.element_size()
+
+    def poll(self, wait_s: float = POLL_WAIT_S) -> HostReport:
+        """The records since the last poll (waiting up to wait_s for the first), the totals, and any events; a
+        worker that died is started again."""
+        records: list[Any] = []
+        block = wait_s > 0
+        while True:
+            try:
+                records.append(self.shared.results.get(block, wait_s) if block else self.shared.results.get_nowait())
+            except queue.Empty:
+                break
+            block = False
+        for rank, process in list(self.processes.items()):
+            if process.is_alive() or self.shared.stop.is_set():
+                continue
+            process.join()
+            self.shared.step_lock.release_for(rank)
+            self.events.append(f"host {self.host}: worker-{rank} died (exit code {process.exitcode}); started again")
+            self._spawn(rank)
+        events, self.events = self.events, []
+        return HostReport(
+            self.host,
+            records,
+            self.own_frames(),
+            int(self.shared.updates.value),
+            int(self.shared.skipped_updates.value),
+            self.exchanges,
+            self.bytes_sent,
+            self.bytes_received,
+            events,
+        )
+
+    def stop(self) -> HostReport:
+        """Stop the workers, send the last delta, and report."""
+        self.shared.stop.set()
+        self.halt.set()
+        self.exchanger.join()
+        records: list[Any] = []
+        deadline = time.monotonic() + 10.0
+        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
+            records += self.poll(wait_s=0.1).records  # a worker cannot exit while its queue feeder holds records
+        for rank, process in self.processes.items():
+            if process.is_alive():
+                process.kill()
+            process.join()
+            self.shared.step_lock.release_for(rank)
+        try:
+            self.exchange()
+        except RayError as error:
+            self.events.append(f"host {self.host}: could not send its last delta ({type(error).__name__})")
+        report = self.poll(wait_s=0.0)
+        return report._replace(records=records + report.records)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """This host's optimizer statistics, for the driver's checkpoint."""
+        return self.optimizer.state_dict()
+
+
+class Node(NamedTuple):
+    """One Ray node that gets a host group."""
+
+    node_id: str
+    address: str
+    workers: int
+
+
+def cluster_nodes(cfg: Config) -> list[Node]:
+    """The live nodes, the driver's first, each with cfg.workers_per_host workers (0: the CPUs Ray counts there)."""
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [
+        Node(n["NodeID"], n["NodeManagerAddress"], cfg.workers_per_host or max(1, int(n["Resources"].get("CPU", 1))))
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+    return sorted(nodes, key=lambda n: (n.node_id != here, n.address, n.node_id))
+
+
+def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+class ClusterTrainer(Trainer):
+    """The Trainer as the driver of a cluster run: host groups instead of local workers. Records and totals come
+    from the hosts' polls; the weights it checks and saves come from the GlobalModel, its optimizer statistics from
+    the first live host. Everything else (stop conditions, progress, CSV, plot, checkpoint) is the Trainer's own."""
+
+    def __init__(self, cfg: Config, nodes: list[Node]):
+        super().__init__(cfg)
+        self.nodes = nodes
+        self.session_start_frames = int(self.shared.frames.value)
+        self.session_start_updates = int(self.shared.updates.value)
+        self.session_start_skipped = int(self.shared.skipped_updates.value)
+        self.global_model: Any = None
+        self.hosts: dict[int, Any] = {}  # host index -> HostGroup actor handle, while alive
+        self.reports: dict[int, HostReport] = {}
+        self.polls: dict[Any, int] = {}  # pending poll -> host index
+        self.started_at = time.monotonic()
+
+    def _start_workers(self) -> None:
+        cfg = self.cfg
+        weights = flat_weights(self.model).numpy()
+        frames = int(self.shared.frames.value)
+        here = ray.get_runtime_context().get_node_id()
+        self.global_model = (
+            ray.remote(GlobalModel).options(num_cpus=0, scheduling_strategy=on_node(here)).remote(weights, frames)
+        )
+        optimizer_state = self.optimizer.state_dict()
+        host_group = ray.remote(HostGroup)
+        first_rank = 0
+        for host, node in enumerate(self.nodes):
+            ranks = list(range(first_rank, first_rank + node.workers))
+            first_rank += node.workers
+            self.hosts[host] = host_group.options(num_cpus=0, scheduling_strategy=on_node(node.node_id)).remote(
+                cfg, host, ranks, weights, optimizer_state, self.global_model, frames
+            )
+            self.polls[self.hosts[host].poll.remote()] = host
+        hosts = ", ".join(f"host {h} {n.address} ({n.workers} workers)" for h, n in enumerate(self.nodes))
+        print(f"a3c: {len(self.nodes)} host(s) on the Ray cluster: {hosts}", flush=True)
+
+    def _check_workers(self) -> None:
+        pass  # each host starts its own dead workers again; a host that is gone shows in its poll (_lose_host)
+
+    def _drain(self, timeout: float) -> None:
+        super()._drain(0.0)  # the evaluator's records, when one runs beside the driver
+        if not self.polls:
+            time.sleep(timeout)
+            return
+        ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=timeout)
+        for ref in ready:
+            host = self.polls.pop(ref)
+            try:
+                report = ray.get(ref)
+            except ActorUnavailableError:  # not known to be dead yet (its node may be coming back): ask again
+                time.sleep(0.2)
+                self.polls[self.hosts[host].poll.remote()] = host
+                continue
+            except RayError as error:
+                self._lose_host(host, error)
+                continue
+            self._take_report(report)
+            self.polls[self.hosts[host].poll.remote()] = host
+
+    def _take_report(self, report: HostReport) -> None:
+        for line in report.events:
+            print(f"a3c: {line}", file=sys.stderr, flush=True)
+        self.reports[report.host] = report
+        reports = self.reports.values()
+        self.shared.frames.value = self.session_start_frames + sum(r.frames for r in reports)
+        self.shared.updates.value = self.session_start_updates + sum(r.updates for r in reports)
+        self.shared.skipped_updates.value = self.session_start_skipped + sum(r.skipped_updates for r in reports)
+        for record in report.records:
+            if isinstance(record, GameResult):  # a host counts its own frames and others' as of its last exchange
+                record = record._replace(frames=int(self.shared.frames.value))
+            self._take(record)
+
+    def _lose_host(self, host: int, error: Exception) -> None:
+        self.hosts.pop(host, None)
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        then = (
+            "while stopping: its last delta is lost"
+            if self.stop_reason is not None
+            else f"going on with {len(self.hosts)} host(s). It loses what it had not sent: at most "
+            f"{self.cfg.exchange_interval_s:g} s of its training"
+        )
+        print(f"a3c: host {host} ({self.nodes[host].address}) is gone ({first}); {then}", file=sys.stderr, flush=True)
+        if not self.hosts:
+            self._request_stop("every host of the cluster is gone", EXIT_FAILED)
+
+    def _pull(self, statistics: bool) -> None:
+        """The global weights into this process's model (what the trainer checks, saves and evaluates), and, with
+        statistics, the first live host's optimizer statistics."""
+        try:
+            weights, _, _ = ray.get(self.global_model.get.remote(), timeout=STOP_WAIT_S)
+        except (RayError, GetTimeoutError) as error:
+            log.error("could not read the global model (%s); keeping the weights read last", error)
+            return
+        copy_weights(self.model, torch.from_numpy(np.array(weights)))
+        for handle in list(self.hosts.values()) if statistics else []:
+            try:
+                state = ray.get(handle.optimizer_state.remote(), timeout=STOP_WAIT_S)
+            except (RayError, GetTimeoutError):
+                continue
+            self.optimizer.load_state_dict(state)
+            set_lr(self.optimizer, self.cfg.lr)
+            self.optimizer.share_memory()
+            return
+
+    def check_health(self) -> bool:
+        self._pull(statistics=False)
+        return super().check_health()
+
+    def save(self) -> None:
+        if self.global_model is not None:
+            self._pull(statistics=True)
+        super().save()
+
+    def _roll_back(self, damage: str) -> None:
+        super()._roll_back(damage)
+        if self.global_model is not None:  # the hosts fold the sound weights in at their next exchange
+            ray.get(self.global_model.put.remote(flat_weights(self.model).numpy()))
+
+    def _stop_workers(self) -> None:
+        if self.polls:  # the records of the polls under way, before the hosts stop
+            ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=2 * POLL_WAIT_S)
+            for ref in ready:
+                host = self.polls.pop(ref)
+                try:
+                    self._take_report(ray.get(ref))
+                except RayError:
+                    pass  # the stop below finds out what became of that host
+        self.polls.clear()
+        stops = {handle.stop.remote(): host for host, handle in self.hosts.items()}
+        for ref, host in stops.items():
+            try:
+                self._take_report(ray.get(ref, timeout=STOP_WAIT_S))
+            except (RayError, GetTimeoutError) as error:
+                self._lose_host(host, error)
+        super()._stop_workers()
+        seconds = max(time.monotonic() - self.started_at, 1e-9)
+        for host, report in sorted(self.reports.items()):
+            megabytes = (report.bytes_sent + report.bytes_received) / 1e6
+            log.info(
+                "host %d: %d exchanges (%.2f/s), %.2f MB/s in and out, %s frames",
+                host, report.exchanges, report.exchanges / seconds, megabytes / seconds, f"{report.frames:,}",
+            )  # fmt: skip
+
+
+def train_on_cluster(cfg: Config) -> int:
+    """Join the Ray cluster at cfg.ray_address, put a host group on each live node, train; the exit status."""
+    if ray is None:
+        raise ConfigError("--ray-address needs Ray here and on every host: pip install -e '.[cluster]'")
+    try:
+        ray.init(address=cfg.ray_address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"cannot join the Ray cluster at {cfg.ray_address} ({first}); start one with `ray start --head` "
+            "and give its address"
+        ) from None
+    try:
+        nodes = cluster_nodes(cfg)
+        trainer = ClusterTrainer(cfg.replace(n_workers=sum(n.workers for n in nodes)), nodes)
+        return trainer.run()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,101 @@
+"""Real runs of main.py on a two-node Ray cluster, for tests/test_cluster.py. Run inside benchmarks/local_cluster.py
+(RAY_ADDRESS and A3C_RAY_NODE_DIRS come from it): `python tests/cluster_scenario.py OUT_DIR`. Writes what each run
+did to OUT_DIR/scenario.json; the test holds it to what a user expects.
+
+1. CartPole to its target with one worker on each node.
+2. Pong with a save every 3 s; the second node's raylet is killed once the run has saved; the run goes on.
+3. Pong resumed from that checkpoint with --use-trained, on the one node left.
+4. A driver killed with SIGKILL: no worker survives it on any node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from a3c.checkpoint import load_checkpoint  # noqa: E402
+
+
+def workers_alive() -> list[str]:
+    """Command lines of the multiprocessing children (fork servers and the workers forked from them) still running."""
+    done = subprocess.run(["pgrep", "-af", "multiprocessing.forkserver"], capture_output=True, text=True)
+    return [line for line in done.stdout.splitlines() if "pgrep" not in line]
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def finished(proc: subprocess.Popen, timeout_s: float) -> dict[str, object]:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    return {"rc": proc.returncode, "stdout": stdout[-6000:], "stderr": stderr[-6000:]}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    node_dirs = os.environ["A3C_RAY_NODE_DIRS"].split(os.pathsep)
+    main_py = [sys.executable, str(REPO_ROOT / "main.py"), "--ray-address", os.environ["RAY_ADDRESS"]]
+    main_py += ["--workers-per-host", "1"]
+    results: dict[str, object] = {}
+
+    def start(name: str, *flags: str) -> subprocess.Popen:
+        outputs = ["--checkpoint-dir", str(out / name / "ck"), "--plot-dir", str(out / name / "pl")]
+        return subprocess.Popen(
+            [*main_py, *flags, *outputs], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
+        )
+
+    started = time.monotonic()
+    run = start("cartpole", "--env-name", "CartPole-v1", "--target-reward", "195", "--max-seconds", "240")
+    results["cartpole"] = finished(run, 400) | {"seconds": round(time.monotonic() - started, 1)}
+
+    pong = ["--env-name", "PongNoFrameskip-v4", "--save-interval", "3"]
+    run = start("pong", *pong, "--max-seconds", "25")
+    checkpoint = out / "pong" / "ck" / "PongNoFrameskip-v4.pt"
+    saved = wait_until(checkpoint.exists, 180)
+    time.sleep(3.0)
+    killed = subprocess.run(["pkill", "-9", "-f", f"raylet.*{node_dirs[1]}"]).returncode == 0
+    results["pong"] = finished(run, 300) | {"saved_before_kill": saved, "raylet_killed": killed}
+    results["pong"]["workers_left"] = workers_alive()
+    results["pong"]["frames_saved"] = int(load_checkpoint(checkpoint)["counters"]["frames"])
+
+    run = subprocess.run(
+        [*main_py, *pong, "--use-trained", "--max-seconds", "10", "--checkpoint-dir", str(out / "pong" / "ck")]
+        + ["--plot-dir", str(out / "pong" / "pl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+    results["resume"] = {"rc": run.returncode, "stdout": run.stdout[-6000:], "stderr": run.stderr[-6000:]}
+
+    run = start("killed", "--env-name", "CartPole-v1", "--max-seconds", "120")
+    started = wait_until(lambda: len(workers_alive()) >= 2, 120)
+    time.sleep(2.0)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    results["killed"] = {
+        "workers_seen": started,
+        "workers_left_after_10s": [] if wait_until(lambda: not workers_alive(), 10.0) else workers_alive(),
+    }
+    (out / "scenario.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

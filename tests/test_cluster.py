@@ -1,0 +1,114 @@
+"""Several hosts on Ray (a3c/cluster.py): a real two-node cluster on loopback trains CartPole to its target and Pong
+with CSV, plot and checkpoint as in a local run, survives a node's death, resumes on fewer nodes, and leaves no
+worker behind a killed driver. Without --ray-address nothing imports Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+
+from a3c.checkpoint import load_checkpoint
+from a3c.cluster import GlobalModel, add_weights, copy_weights, flat_weights
+from a3c.config import build_config
+from a3c.envs import env_spaces
+from a3c.model import build_model
+
+
+def test_a_local_run_never_imports_ray(tmp_path: Path):
+    code = (
+        "import sys; from a3c import cli; "
+        f"status = cli.main(['--env-name', 'CartPole-v1', '--serial', '--max-frames', '200', '--checkpoint-dir', "
+        f"{str(tmp_path / 'ck')!r}, '--plot-dir', {str(tmp_path / 'pl')!r}]); "
+        "print(status, 'ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--serial", "--ray-address", "auto"], "--serial runs one worker in this process"),
+        (["--workers-per-host", "-1"], "workers_per_host must be between 0 and 256"),
+        (["--exchange-interval", "0"], "exchange_interval must be > 0 seconds"),
+    ],
+)
+def test_cluster_flags_that_cannot_work_are_one_line_and_exit_2(flags: list[str], message: str):
+    done = subprocess.run(
+        [sys.executable, "main.py", "--env-name", "CartPole-v1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_host_folds_the_global_weights_in_and_keeps_its_own_steps():
+    """The exchange's arithmetic on a real model: a host's delta reaches the global model whole, and after folding
+    the global weights in, the host holds them plus the steps it took while the exchange was under way."""
+    cfg = build_config({"env_name": "CartPole-v1"})
+    host, _ = build_model(cfg, *env_spaces(cfg))
+    base = flat_weights(host)
+    other_host_delta = torch.randn_like(base) * 0.01
+    global_model = GlobalModel((base + other_host_delta).numpy(), frames=100)  # another host has sent already
+    own_steps, steps_meanwhile = torch.randn_like(base) * 0.01, torch.randn_like(base) * 0.01
+    add_weights(host, own_steps)
+    sent_from = flat_weights(host)
+    weights, frames = global_model.exchange((sent_from - base).numpy(), frames=40)
+    add_weights(host, steps_meanwhile)  # a worker's step between sending and folding in
+    add_weights(host, torch.from_numpy(weights) - sent_from)
+    expected_global = base + other_host_delta + own_steps
+    assert torch.allclose(torch.from_numpy(weights), expected_global, atol=1e-6) and frames == 140
+    assert torch.allclose(flat_weights(host), expected_global + steps_meanwhile, atol=1e-6)
+    copy_weights(host, base)
+    assert torch.equal(flat_weights(host), base)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row.get("score")]
+
+
+@pytest.mark.cluster
+def test_two_nodes_train_survive_a_node_death_resume_and_leave_nothing_behind(tmp_path: Path):
+    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "local_cluster.py"), "--nodes", "2", "--cpus", "1", "--"]
+    argv += [sys.executable, str(REPO_ROOT / "tests" / "cluster_scenario.py"), str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads((tmp_path / "scenario.json").read_text(encoding="utf-8"))
+
+    cartpole = runs["cartpole"]
+    assert cartpole["rc"] == 0 and "reached the target" in cartpole["stdout"], cartpole
+    assert "2 host(s) on the Ray cluster" in cartpole["stdout"]
+    host_lines = [line for line in cartpole["stderr"].splitlines() if " exchanges (" in line]
+    assert len(host_lines) == 2 and all(" 0 frames" not in line for line in host_lines), cartpole["stderr"]
+    rows = read_rows(tmp_path / "cartpole" / "pl" / "CartPole-v1.csv")
+    assert len(rows) >= 100 and max(float(r["avg100"]) for r in rows[99:]) >= 195
+    assert (tmp_path / "cartpole" / "pl" / "CartPole-v1.png").stat().st_size > 0
+
+    pong = runs["pong"]
+    assert pong["saved_before_kill"] and pong["raylet_killed"], pong
+    assert pong["rc"] == 0, pong
+    assert "host 1 (127.0.0.1) is gone" in pong["stderr"] and "going on with 1 host(s)" in pong["stderr"], pong
+    assert pong["workers_left"] == [], pong
+    assert pong["frames_saved"] > 0
+
+    resume = runs["resume"]
+    assert resume["rc"] == 0 and "1 host(s) on the Ray cluster" in resume["stdout"], resume
+    assert "resumed" in resume["stderr"], resume
+    resumed = load_checkpoint(tmp_path / "pong" / "ck" / "PongNoFrameskip-v4.pt")
+    assert resumed["counters"]["frames"] > pong["frames_saved"]
+    assert all(torch.isfinite(w).all() for w in resumed["model"].values())
+    assert resumed["config"]["n_workers"] == 1  # one host of one worker: the run went on with fewer than it began
+    assert (tmp_path / "pong" / "pl" / "PongNoFrameskip-v4.png").stat().st_size > 0
+
+    killed = runs["killed"]
+    assert killed["workers_seen"] and killed["workers_left_after_10s"] == [], killed
