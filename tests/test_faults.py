@@ -43,11 +43,17 @@ def cartpole_args(tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def games_recorded(tmp_path: Path) -> int:
+    csv_path = tmp_path / "pl" / f"{CARTPOLE}.csv"
+    return max(0, len(csv_path.read_text().splitlines()) - 1) if csv_path.exists() else 0
+
+
 def start_training(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str, Path]:
-    """main.py on CartPole with 2 workers, returned once both workers run and a progress line is out."""
+    """main.py on CartPole with 2 workers, returned once both workers run and games are in the CSV (so frames
+    count: the trainer writes a row per finished game, flushed; the progress line would take 10 s to come)."""
     marker, logs = uuid.uuid4().hex, tmp_path / "logs"
     proc = start_main(cartpole_args(tmp_path, *extra), marker, logs)
-    wait_for(lambda: "frames " in read_log(logs)[0] or proc.poll() is not None, 120, "the first progress line")
+    wait_for(lambda: games_recorded(tmp_path) >= 2 or proc.poll() is not None, 120, "the first games in the CSV")
     assert proc.poll() is None, read_log(logs)[1][-3000:]
     wait_for(lambda: len(worker_pids(proc.pid)) == 2, 30, "two workers")
     return proc, marker, logs
