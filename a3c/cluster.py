@@ -29,8 +29,8 @@ from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.model import build_model
-from a3c.processes import NOBODY, SharedState, StepLock
-from a3c.shared_optim import find_damage, make_optimizer, set_lr
+from a3c.processes import SharedState
+from a3c.shared_optim import find_damage, make_optimizer, set_lr, statistics
 from a3c.trainer import EXIT_FAILED, Trainer
 from a3c.worker import run_worker
 
@@ -144,16 +144,7 @@ class HostGroup:
         self.model.share_memory()
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["a3c.worker"])
-        self.shared = SharedState(
-            model=self.model,
-            optimizer=self.optimizer,
-            frames=self.ctx.Value("q", frames),
-            updates=self.ctx.Value("q", 0),
-            skipped_updates=self.ctx.Value("q", 0),
-            stop=self.ctx.Event(),
-            results=self.ctx.Queue(),
-            step_lock=StepLock(self.ctx.Lock(), self.ctx.RawValue("i", NOBODY)),
-        )
+        self.shared = SharedState.create(self.ctx, self.model, self.optimizer, frames=frames)
         self.start_frames = frames
         self.foreign_frames = 0  # other hosts' frames added to this host's counter, so lr schedules see them all
         self.frames_sent = 0
@@ -175,18 +166,8 @@ class HostGroup:
         process.start()
         self.processes[rank] = process
 
-    def _optimizer_tensors(self) -> list[torch.Tensor]:
-        return [
-            state[key]
-            for group in self.optimizer.param_groups
-            for p in group["params"]
-            for state in [self.optimizer.state[p]]
-            for key in sorted(state)
-            if torch.is_tensor(state[key])
-        ]
-
     def _statistics_copy(self) -> list[torch.Tensor]:
-        return [t.clone() for t in self._optimizer_tensors()]
+        return [t.clone() for t in statistics(self.optimizer)]
 
     def own_frames(self) -> int:
         return int(self.shared.frames.value) - self.start_frames - self.foreign_frames
@@ -207,7 +188,7 @@ class HostGroup:
         if damage is not None:
             with self.shared.step_lock.held_by(HOST_RANK):
                 copy_weights(self.model, self.base)
-                for tensor, saved in zip(self._optimizer_tensors(), self.statistics, strict=True):
+                for tensor, saved in zip(statistics(self.optimizer), self.statistics, strict=True):
                     tensor.copy_(saved)
             self.events.append(f"host {self.host}: {damage}; went back to the global weights and going on")
             return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event, Lock
+from typing import Any
 
 import cv2
 import torch
@@ -78,6 +79,29 @@ class SharedState:
     stop: Event
     results: Queue
     step_lock: StepLock
+
+    @classmethod
+    def create(
+        cls,
+        ctx: Any,
+        model: ActorCritic,
+        optimizer: torch.optim.Optimizer,
+        frames: int = 0,
+        updates: int = 0,
+        skipped_updates: int = 0,
+    ) -> SharedState:
+        """The shared handles for a model and optimizer already in shared memory, made from ctx (the spawn or
+        fork-server context the children come from), the counters starting at the given values."""
+        return cls(
+            model=model,
+            optimizer=optimizer,
+            frames=ctx.Value("q", frames),
+            updates=ctx.Value("q", updates),
+            skipped_updates=ctx.Value("q", skipped_updates),
+            stop=ctx.Event(),
+            results=ctx.Queue(),
+            step_lock=StepLock(ctx.Lock(), ctx.RawValue("i", NOBODY)),
+        )
 
 
 def configure_logging() -> None:

@@ -103,6 +103,17 @@ class SharedRMSprop(torch.optim.RMSprop):
         return self
 
 
+def statistics(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor of the optimizer's state (step counts too), parameter by parameter in a fixed order: what a
+    snapshot copies and a rollback puts back."""
+    tensors = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            tensors += [state[key] for key in sorted(state) if torch.is_tensor(state[key])]
+    return tensors
+
+
 def scheduled_lr(cfg: Config, frames: int) -> float:
     """lr after `frames` emulator frames: cfg.lr until lr_anneal_start, then linear to lr_end, reached at
     lr_anneal_frames, then lr_end. Without lr_end, cfg.lr throughout."""

@@ -36,8 +36,8 @@ from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
-from a3c.processes import NOBODY, SharedState, StepLock
-from a3c.shared_optim import find_damage, make_optimizer, scheduled_lr, set_lr
+from a3c.processes import SharedState
+from a3c.shared_optim import find_damage, make_optimizer, scheduled_lr, set_lr, statistics
 from a3c.worker import Worker, run_worker
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,13 @@ class Trainer:
         # The fork server inherits this before numpy loads: its OpenBLAS (the LSTM step's product) would otherwise
         # start a thread per core in every worker, on cores the other workers already use.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        self.shared = SharedState(
-            model=self.model,
-            optimizer=self.optimizer,
-            frames=self.ctx.Value("q", int(self.counters["frames"])),
-            updates=self.ctx.Value("q", int(self.counters["updates"])),
-            skipped_updates=self.ctx.Value("q", int(self.counters["skipped_updates"])),
-            stop=self.ctx.Event(),
-            results=self.ctx.Queue(),
-            step_lock=StepLock(self.ctx.Lock(), self.ctx.RawValue("i", NOBODY)),
+        self.shared = SharedState.create(
+            self.ctx,
+            self.model,
+            self.optimizer,
+            frames=int(self.counters["frames"]),
+            updates=int(self.counters["updates"]),
+            skipped_updates=int(self.counters["skipped_updates"]),
         )
         resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
         self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
@@ -403,12 +401,7 @@ class Trainer:
     # -- damaged weights -----------------------------------------------------------------------------------------
     def _shared_tensors(self) -> list[torch.Tensor]:
         """The shared weights and every optimizer statistic (step counts too), in a fixed order."""
-        tensors = [p.detach() for p in self.model.parameters()]
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                state = self.optimizer.state[p]
-                tensors += [state[key] for key in sorted(state) if torch.is_tensor(state[key])]
-        return tensors
+        return [p.detach() for p in self.model.parameters()] + statistics(self.optimizer)
 
     def _step_lock_held(self) -> contextlib.AbstractContextManager[bool]:
         """The step lock for the trainer, waiting at most LOCK_WAIT_S and freeing it from a dead worker meanwhile."""
