@@ -31,7 +31,7 @@ from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.model import build_model
 from a3c.processes import SharedState
 from a3c.shared_optim import find_damage, make_optimizer, set_lr, statistics
-from a3c.trainer import EXIT_FAILED, Trainer
+from a3c.trainer import DEATH_WINDOW_S, EXIT_FAILED, MAX_WORKER_DEATHS, Trainer
 from a3c.worker import run_worker
 
 try:
@@ -153,6 +153,7 @@ class HostGroup:
         self.exchanges = self.bytes_sent = self.bytes_received = 0
         self.events: list[str] = []
         self.processes: dict[int, Any] = {}
+        self.deaths: dict[int, list[float]] = {}
         for rank in ranks:
             self._spawn(rank)
         self.halt = threading.Event()
@@ -227,6 +228,16 @@ class HostGroup:
                 continue
             process.join()
             self.shared.step_lock.release_for(rank)
+            now = time.monotonic()
+            deaths = [t for t in self.deaths.get(rank, []) if now - t <= DEATH_WINDOW_S] + [now]
+            self.deaths[rank] = deaths
+            if len(deaths) >= MAX_WORKER_DEATHS:  # as a local run would end: this host goes on without it
+                del self.processes[rank]
+                self.events.append(
+                    f"host {self.host}: worker-{rank} died {len(deaths)} times in {DEATH_WINDOW_S / 60:.0f} minutes; "
+                    "not started again"
+                )
+                continue
             self.events.append(f"host {self.host}: worker-{rank} died (exit code {process.exitcode}); started again")
             self._spawn(rank)
         events, self.events = self.events, []
@@ -248,9 +259,12 @@ class HostGroup:
         self.halt.set()
         self.exchanger.join()
         records: list[Any] = []
+        events: list[str] = []
         deadline = time.monotonic() + 10.0
         while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
-            records += self.poll(wait_s=0.1).records  # a worker cannot exit while its queue feeder holds records
+            report = self.poll(wait_s=0.1)  # a worker cannot exit while its queue feeder holds records
+            records += report.records
+            events += report.events
         for rank, process in self.processes.items():
             if process.is_alive():
                 process.kill()
@@ -261,7 +275,7 @@ class HostGroup:
         except RayError as error:
             self.events.append(f"host {self.host}: could not send its last delta ({type(error).__name__})")
         report = self.poll(wait_s=0.0)
-        return report._replace(records=records + report.records)
+        return report._replace(records=records + report.records, events=events + report.events)
 
     def optimizer_state(self) -> dict[str, Any]:
         """This host's optimizer statistics, for the driver's checkpoint."""

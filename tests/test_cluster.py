@@ -8,6 +8,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ import torch
 from helpers import REPO_ROOT
 
 from a3c.checkpoint import load_checkpoint
-from a3c.cluster import GlobalModel, add_weights, copy_weights, flat_weights
+from a3c.cluster import GlobalModel, HostGroup, add_weights, copy_weights, flat_weights
 from a3c.config import build_config
 from a3c.envs import env_spaces
+from a3c.messages import WorkerFailure
 from a3c.model import build_model
+from a3c.shared_optim import make_optimizer
 
 
 def test_a_local_run_never_imports_ray(tmp_path: Path):
@@ -70,6 +73,33 @@ def test_a_host_folds_the_global_weights_in_and_keeps_its_own_steps():
     assert torch.allclose(flat_weights(host), expected_global + steps_meanwhile, atol=1e-6)
     copy_weights(host, base)
     assert torch.equal(flat_weights(host), base)
+
+
+@pytest.mark.multiprocess
+def test_a_host_starts_a_dead_worker_again_until_it_keeps_dying():
+    """A host's worker whose game raises: each death is reported and the worker started again, the fifth within 10
+    minutes leaves it stopped, as a local run's limit would; each traceback travels to the driver as a record. The
+    host runs in this process, its exchange thread idle (no cluster needed for the workers' side)."""
+    cfg = build_config({"env_name": "faulty_envs:CrashingGame-v0", "exchange_interval_s": 1e6})
+    model, _ = build_model(cfg, *env_spaces(cfg))
+    optimizer = make_optimizer(cfg.opt, model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps)
+    host = HostGroup(cfg, 0, [3], flat_weights(model).numpy(), optimizer.state_dict(), None, frames=0)
+    events: list[str] = []
+    records: list[object] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not any("not started again" in e for e in events) and time.monotonic() < deadline:
+            report = host.poll()
+            events, records = events + report.events, records + report.records
+    finally:
+        host.halt.set()
+        host.shared.stop.set()
+        for process in host.processes.values():
+            process.join(timeout=10)
+    assert sum(e == "host 0: worker-3 died (exit code 1); started again" for e in events) == 4, events
+    assert events[-1] == "host 0: worker-3 died 5 times in 10 minutes; not started again", events
+    assert sum(isinstance(r, WorkerFailure) and r.worker == 3 for r in records) == 5
+    assert host.processes == {}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
