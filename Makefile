@@ -13,7 +13,7 @@ train: setup
 	$(PYTHON) main.py --env-name PongNoFrameskip-v4
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 # Everything but the learning, multi-process, slow and cluster tests (pyproject.toml names the markers).
 test-fast: setup
