@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,7 +32,7 @@ from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.model import build_model
 from a3c.processes import SharedState
 from a3c.shared_optim import find_damage, make_optimizer, set_lr, statistics
-from a3c.trainer import DEATH_WINDOW_S, EXIT_FAILED, MAX_WORKER_DEATHS, Trainer
+from a3c.trainer import DEATH_WINDOW_S, EXIT_FAILED, MAX_WORKER_DEATHS, Trainer, count_death
 from a3c.worker import run_worker
 
 try:
@@ -153,7 +154,7 @@ class HostGroup:
         self.exchanges = self.bytes_sent = self.bytes_received = 0
         self.events: list[str] = []
         self.processes: dict[int, Any] = {}
-        self.deaths: dict[int, list[float]] = {}
+        self.deaths: dict[int, deque[float]] = {}
         for rank in ranks:
             self._spawn(rank)
         self.halt = threading.Event()
@@ -228,13 +229,11 @@ class HostGroup:
                 continue
             process.join()
             self.shared.step_lock.release_for(rank)
-            now = time.monotonic()
-            deaths = [t for t in self.deaths.get(rank, []) if now - t <= DEATH_WINDOW_S] + [now]
-            self.deaths[rank] = deaths
-            if len(deaths) >= MAX_WORKER_DEATHS:  # as a local run would end: this host goes on without it
+            deaths = count_death(self.deaths, rank, time.monotonic())
+            if deaths >= MAX_WORKER_DEATHS:  # as a local run would end: this host goes on without it
                 del self.processes[rank]
                 self.events.append(
-                    f"host {self.host}: worker-{rank} died {len(deaths)} times in {DEATH_WINDOW_S / 60:.0f} minutes; "
+                    f"host {self.host}: worker-{rank} died {deaths} times in {DEATH_WINDOW_S / 60:.0f} minutes; "
                     "not started again"
                 )
                 continue

@@ -91,6 +91,15 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device {device} is not usable here ({first}); use --device cpu") from None
 
 
+def count_death(deaths: dict[int, deque[float]], rank: int, now: float) -> int:
+    """Record a death of rank at time now; return its deaths within the last DEATH_WINDOW_S (this one included)."""
+    times = deaths.setdefault(rank, deque())
+    times.append(now)
+    while now - times[0] > DEATH_WINDOW_S:
+        times.popleft()
+    return len(times)
+
+
 class Trainer:
     """Owns the shared state and the workers for one run; `run()` returns the process exit status."""
 
@@ -223,17 +232,13 @@ class Trainer:
             if process.is_alive() or self.shared.stop.is_set():
                 continue
             process.join()
-            now = time.monotonic()
-            deaths = self.deaths.setdefault(rank, deque())
-            deaths.append(now)
-            while deaths and now - deaths[0] > DEATH_WINDOW_S:
-                deaths.popleft()
+            deaths = count_death(self.deaths, rank, time.monotonic())
             log.error("worker-%d died (exit code %s)", rank, process.exitcode)
             if self.shared.step_lock.release_for(rank):
                 log.error("worker-%d died inside the optimizer's step; released the step lock for the others", rank)
-            if len(deaths) >= MAX_WORKER_DEATHS:
+            if deaths >= MAX_WORKER_DEATHS:
                 self._request_stop(
-                    f"worker-{rank} died {len(deaths)} times in {DEATH_WINDOW_S / 60:.0f} minutes", EXIT_FAILED
+                    f"worker-{rank} died {deaths} times in {DEATH_WINDOW_S / 60:.0f} minutes", EXIT_FAILED
                 )
                 return
             self._spawn(rank)
