@@ -50,6 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
     algo = p.add_argument_group("algorithm")
     algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
     algo.add_argument("--lr", type=float, help="learning rate")
+    algo.add_argument("--adam-beta1", dest="adam_beta1", type=float, help="Adam's momentum (beta1)")
+    algo.add_argument("--adam-eps", dest="adam_eps", type=float, help="Adam's epsilon")
     algo.add_argument(
         "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this, reached at --lr-anneal-frames"
     )

@@ -31,7 +31,7 @@ from a3c.envs import env_spaces
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.model import build_model
 from a3c.processes import SharedState
-from a3c.shared_optim import find_damage, make_optimizer, set_lr, statistics
+from a3c.shared_optim import apply_settings, find_damage, make_optimizer, statistics
 from a3c.trainer import DEATH_WINDOW_S, EXIT_FAILED, MAX_WORKER_DEATHS, Trainer, count_death
 from a3c.worker import run_worker
 
@@ -136,11 +136,9 @@ class HostGroup:
         self.cfg, self.host, self.global_model = cfg, host, global_model
         self.model, _ = build_model(cfg, *env_spaces(cfg))
         copy_weights(self.model, torch.from_numpy(np.array(weights)))
-        self.optimizer = make_optimizer(
-            cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
-        )
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.optimizer.load_state_dict(optimizer_state)
-        set_lr(self.optimizer, cfg.lr)
+        apply_settings(self.optimizer, cfg)
         self.optimizer.share_memory()
         self.model.share_memory()
         self.ctx = mp.get_context("forkserver")
@@ -406,7 +404,7 @@ class ClusterTrainer(Trainer):
             except (RayError, GetTimeoutError):
                 continue
             self.optimizer.load_state_dict(state)
-            set_lr(self.optimizer, self.cfg.lr)
+            apply_settings(self.optimizer, self.cfg)
             self.optimizer.share_memory()
             return
 

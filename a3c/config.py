@@ -59,6 +59,9 @@ class Config:
     max_grad_norm: float = 40.0
     rollout_len: int = 20
     adam_eps: float = 1e-8
+    # Adam's momentum. Asynchronous updates add a momentum of their own that grows with the worker count (Mitliagkas
+    # et al. 2016, "Asynchrony begets momentum"); docs/results.md has what it did at 16 workers.
+    adam_beta1: float = 0.9
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1  # the paper's shared RMSProp epsilon
     # One lock around the shared optimizer's step (the paper's Hogwild steps without one): Adam's two averages then
@@ -178,6 +181,7 @@ class Config:
         )
         need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
         need(0 <= self.gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        need(0 <= self.adam_beta1 < 1, f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
         need(0 <= self.rmsprop_alpha < 1, f"rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha}")
         for name in ("entropy_coef", "value_loss_coef"):
             value = getattr(self, name)

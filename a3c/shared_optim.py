@@ -129,15 +129,24 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def make_optimizer(
-    name: str, params: Iterable[nn.Parameter], lr: float, adam_eps: float, rmsprop_alpha: float, rmsprop_eps: float
-):
-    """The shared optimizer named by --opt."""
-    if name == "adam":
-        return SharedAdam(params, lr=lr, eps=adam_eps)
-    if name == "rmsprop":
-        return SharedRMSprop(params, lr=lr, alpha=rmsprop_alpha, eps=rmsprop_eps)
-    raise ValueError(f"unknown optimizer {name!r}")
+def make_optimizer(cfg: Config, params: Iterable[nn.Parameter]) -> SharedAdam | SharedRMSprop:
+    """The shared optimizer named by --opt, with the run's settings."""
+    if cfg.opt == "adam":
+        return SharedAdam(params, lr=cfg.lr, betas=(cfg.adam_beta1, 0.999), eps=cfg.adam_eps)
+    if cfg.opt == "rmsprop":
+        return SharedRMSprop(params, lr=cfg.lr, alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps)
+    raise ValueError(f"unknown optimizer {cfg.opt!r}")
+
+
+def apply_settings(optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+    """Put the run's settings back after load_state_dict, which brings the saved run's lr, betas and eps with the
+    statistics: the flags of this run win over the saved ones."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr
+        if "betas" in group:
+            group.update(betas=(cfg.adam_beta1, group["betas"][1]), eps=cfg.adam_eps)
+        elif "alpha" in group:
+            group.update(alpha=cfg.rmsprop_alpha, eps=cfg.rmsprop_eps)
 
 
 def hand_over_gradients(local_model: nn.Module, shared_model: nn.Module) -> None:

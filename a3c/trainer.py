@@ -37,7 +37,7 @@ from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
 from a3c.processes import SharedState
-from a3c.shared_optim import find_damage, make_optimizer, scheduled_lr, set_lr, statistics
+from a3c.shared_optim import apply_settings, find_damage, make_optimizer, scheduled_lr, statistics
 from a3c.worker import Worker, run_worker
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class Trainer:
         # Decided once, here: every worker gets the resolved learner in its config.
         learner, self.learner_reason = choose_learner(cfg, self.model)
         self.cfg = cfg = cfg.replace(learner=learner)
-        self.optimizer = make_optimizer(
-            cfg.opt, self.model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps
-        )
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "rollbacks": 0, "elapsed_s": 0.0}
         history = None
         if payload is not None:
@@ -200,7 +198,7 @@ class Trainer:
         saved_opt = payload["optimizer"]
         if saved_opt.get("name") == cfg.opt:
             self.optimizer.load_state_dict(saved_opt["state"])
-            set_lr(self.optimizer, cfg.lr)  # the flags of this run win over the saved ones
+            apply_settings(self.optimizer, cfg)
             self.optimizer.share_memory()  # load_state_dict made fresh, private tensors
         else:
             log.warning("checkpoint used --opt %s; starting fresh %s statistics", saved_opt.get("name"), cfg.opt)

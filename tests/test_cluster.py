@@ -82,7 +82,7 @@ def test_a_host_starts_a_dead_worker_again_until_it_keeps_dying():
     host runs in this process, its exchange thread idle (no cluster needed for the workers' side)."""
     cfg = build_config({"env_name": "faulty_envs:CrashingGame-v0", "exchange_interval_s": 1e6})
     model, _ = build_model(cfg, *env_spaces(cfg))
-    optimizer = make_optimizer(cfg.opt, model.parameters(), cfg.lr, cfg.adam_eps, cfg.rmsprop_alpha, cfg.rmsprop_eps)
+    optimizer = make_optimizer(cfg, model.parameters())
     host = HostGroup(cfg, 0, [3], flat_weights(model).numpy(), optimizer.state_dict(), None, frames=0)
     events: list[str] = []
     records: list[object] = []
