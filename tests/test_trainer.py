@@ -201,6 +201,29 @@ def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe
         assert torch.equal(a, b)
 
 
+def test_a_resumed_run_steps_with_its_own_optimizer_settings(tmp_path: Path):
+    """load_state_dict brings back the saved run's lr, betas and eps with Adam's averages; --use-trained with other
+    --lr, --adam-beta1 and --adam-eps steps with the new ones, and keeps the averages."""
+    dirs = {
+        "env_name": "CartPole-v1",
+        "n_workers": 1,
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "plot_dir": str(tmp_path),
+    }
+    old = Trainer(build_config(dirs))
+    for p in old.model.parameters():
+        p.grad = torch.ones_like(p)
+    old.optimizer.step()
+    save_checkpoint(old.payload(), old.cfg.checkpoint_path)
+
+    asked = {"lr": 2e-4, "adam_beta1": 0.0, "adam_eps": 1e-5}
+    resumed = Trainer(build_config({**dirs, **asked, "use_trained": True}))
+    group = resumed.optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (2e-4, (0.0, 0.999), 1e-5)
+    saved = old.optimizer.state[old.optimizer.param_groups[0]["params"][0]]["exp_avg"]
+    assert torch.equal(resumed.optimizer.state[group["params"][0]]["exp_avg"], saved)
+
+
 # -- the real command line, in a subprocess ----------------------------------------------------------------------
 
 
