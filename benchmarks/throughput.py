@@ -2,12 +2,15 @@
 
     python benchmarks/throughput.py --env-name PongNoFrameskip-v4 --n-workers 2 --seconds 60
     python benchmarks/throughput.py --learner tape,autograd --runs 3    # both learners, alternated within each run
+    python benchmarks/throughput.py --variant "paper=--arch paper --frame-size 84 --frame-stack 4 --fc-layer"
+        # the default and a variant given as main.py flags, alternated within each run
 
 1. Ceiling: n processes step the game through gymnasium's AtariPreprocessing and wrappers (make_reference_env, the
    same game as training's make_env, which skips the wrappers' overhead) with random actions.
 2. Training: the real Trainer (the code path of main.py) with n workers, measured for the same seconds after a
-   warm-up, start-up excluded, once for each --learner given (in that order within every run, so that a drift of
-   the machine's speed touches each alike). Outputs go to a temporary folder, never the repository's checkpoints/
+   warm-up, start-up excluded, once for each --learner and --variant given (in that order within every run, so that
+   a drift of the machine's speed touches each alike). The ceiling is the default's game, so a variant with other
+   frames (size, stack) is measured against the same ceiling: its ratio compares it with the default. Outputs go to a temporary folder, never the repository's checkpoints/
    or plots/.
 3. Where a worker's time goes (from the workers' own timers), and the memory (unique set size) of the parent and
    each worker with 2 and 8 workers (--memory-workers).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -34,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the gymnasium reference stack lives b
 
 from reference_env import make_reference_env  # noqa: E402
 
+from a3c.cli import make_parser  # noqa: E402
 from a3c.config import build_config  # noqa: E402
 from a3c.envs import frames_per_step  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
@@ -124,6 +129,18 @@ def measure_training(cfg, seconds: float, warmup: float) -> dict:
     }
 
 
+def variant_overrides(spec: str) -> tuple[str, str, dict]:
+    """'NAME=FLAGS' (main.py's flags) as the name, the flags and the config overrides those flags give."""
+    name, _, flags = spec.partition("=")
+    if not name.strip() or not flags.strip():
+        raise SystemExit(f"throughput.py: --variant takes NAME=FLAGS, got {spec!r}")
+    overrides = vars(make_parser().parse_args(shlex.split(flags)))
+    unsupported = {"config_file", "env_name", "n_workers", "envs_per_worker"} & overrides.keys()
+    if unsupported:
+        raise SystemExit(f"throughput.py: give {', '.join(sorted(unsupported))} as this script's own flags")
+    return name.strip(), flags.strip(), overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-name", default="PongNoFrameskip-v4")
@@ -134,6 +151,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="repeat ceiling + training; the JSON reports medians")
     parser.add_argument(
         "--learner", default="auto", help="comma-separated learners to measure (auto, tape, autograd), each every run"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=FLAGS: also measure the run main.py FLAGS would give, beside the default (repeatable)",
     )
     parser.add_argument("--memory-workers", default="2,8", help="worker counts for the memory table ('' to skip)")
     args = parser.parse_args()
@@ -150,14 +173,21 @@ def main() -> None:
             }
         )
         learners = [name.strip() for name in args.learner.split(",") if name.strip()]
-        runs: dict[str, list[tuple[float, dict]]] = {name: [] for name in learners}
+        variants = [("default", "", {})] + [variant_overrides(spec) for spec in args.variant]
+        # What each run measures, by label: every variant with every learner.
+        setups = {
+            (f"{variant} " if args.variant else "") + f"--learner {learner}": cfg.replace(**overrides, learner=learner)
+            for variant, _, overrides in variants
+            for learner in learners
+        }
+        runs: dict[str, list[tuple[float, dict]]] = {label: [] for label in setups}
         for run in range(args.runs):
             ceiling = measure_ceiling(cfg, args.n_workers, args.seconds)
-            for name in learners:
-                training = measure_training(cfg.replace(learner=name), args.seconds, args.warmup)
+            for name, setup in setups.items():
+                training = measure_training(setup, args.seconds, args.warmup)
                 runs[name].append((ceiling, training))
                 print(
-                    f"run {run + 1}, --learner {name} ({training['learner']}): ceiling {ceiling:,.0f} frames/s, "
+                    f"run {run + 1}, {name} ({training['learner']}): ceiling {ceiling:,.0f} frames/s, "
                     f"training {training['frames_per_s']:,.0f} frames/s, ratio {training['frames_per_s'] / ceiling:.3f}, "
                     f"{training['updates_per_s']:.1f} updates/s",
                     flush=True,
@@ -175,7 +205,7 @@ def main() -> None:
         ratios = [t["frames_per_s"] / c for c, t in measured]
         median = sorted(range(len(measured)), key=lambda i: ratios[i])[len(measured) // 2]
         ceiling, training = measured[median]
-        print(f"\n--learner {name} ({training['learner']}), the median run of {len(measured)}")
+        print(f"\n{name} ({training['learner']}), the median run of {len(measured)}")
         print(f"{'':28}{'frames/s':>12}")
         print(f"{'ceiling (random actions)':28}{ceiling:>12,.0f}")
         print(f"{'training':28}{training['frames_per_s']:>12,.0f}")
@@ -196,15 +226,16 @@ def main() -> None:
         }
     for n, mem in memory.items():
         print(f"\nmemory with {n} workers (USS, MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem.items()))
-    first = results[learners[0]]
+    first = next(iter(results.values()))
     summary = {
         "env_name": args.env_name,
         "n_workers": args.n_workers,
         "envs_per_worker": args.envs_per_worker,
         "seconds": args.seconds,
         "runs": args.runs,
-        **first,  # the first learner's figures at the top level, as before --learner existed
-        "learners": results,
+        **first,  # the first setup's figures at the top level, as before --learner existed
+        "learners": results,  # by label: the learner, after the variant's name where --variant was given
+        "variants": {name: flags for name, flags, _ in variants},
         "memory_mib": {str(n): {k: round(v, 1) for k, v in mem.items()} for n, mem in memory.items()},
     }
     print(json.dumps(summary))
