@@ -3,10 +3,8 @@ frames."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_benchmark
 from torch import nn
 
 from a3c.config import build_config
@@ -16,18 +14,10 @@ from a3c.model import build_model
 FEATURES = REPO_ROOT / "benchmarks" / "features.py"
 
 
-def load_features():
-    """benchmarks/features.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("features", FEATURES)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_dead_units_are_the_ones_that_never_fire():
     """A conv channel whose bias keeps it below zero, and fc units pushed below ReLU's zero or ELU's floor, are dead;
     the others, and the spread of an output that varies, are counted as alive."""
-    features = load_features()
+    features = load_benchmark("features")
     torch.manual_seed(0)
     conv, fc = nn.Conv2d(1, 4, 3), nn.Linear(4 * 6 * 6, 8)
     trunk = nn.Sequential(nn.Sequential(conv, nn.ReLU(), nn.Flatten()), fc, nn.ELU())
@@ -43,7 +33,7 @@ def test_dead_units_are_the_ones_that_never_fire():
 def test_a_fresh_pong_net_seen_through_the_trainers_own_frames():
     """Observations of random play through make_env reach the small net's four ELU convolutions, none of them dead
     before training, and its features vary with the screen."""
-    features = load_features()
+    features = load_benchmark("features")
     cfg = build_config({"env_name": "PongNoFrameskip-v4"})
     torch.manual_seed(0)
     model, _ = build_model(cfg, *env_spaces(cfg))

@@ -3,31 +3,22 @@ scores at the right frames."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_benchmark
 
 SUITE = REPO_ROOT / "benchmarks" / "suite.py"
-
-
-def load_suite():
-    """benchmarks/suite.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("suite", SUITE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_score_at_reads_the_last_game_ended_by_each_frame_count():
     """The average after the last game ended by each mark; a mark past the end of training has none, unless the
     run stopped there solved. Training goes on after the last game ends, so a run stopped at 1,600 frames whose
     last game ended at 1,500 still has a score at 1,600."""
-    suite = load_suite()
+    suite = load_benchmark("suite")
     columns = {"frames": [400.0, 900.0, 1500.0], "avg100": [1.0, 2.0, 3.0]}
     assert suite.score_at(columns, 1000, 1600, stopped_solved=False) == (2.0, 2)
     assert suite.score_at(columns, 1600, 1600, stopped_solved=False) == (3.0, 3)
@@ -38,14 +29,14 @@ def test_score_at_reads_the_last_game_ended_by_each_frame_count():
 
 def test_game_names_become_noframeskip_ids():
     """Pong in any case -> PongNoFrameskip-v4; a full id stays as given."""
-    suite = load_suite()
+    suite = load_benchmark("suite")
     assert suite.env_id("pong") == suite.env_id("Pong") == "PongNoFrameskip-v4"
     assert suite.env_id("ALE/Breakout-v5") == "ALE/Breakout-v5"
 
 
 def test_every_suite_game_has_random_play_and_an_anchor_curve_with_a_source():
     anchors = json.loads((REPO_ROOT / "benchmarks" / "anchors.json").read_text())["games"]
-    suite = load_suite()
+    suite = load_benchmark("suite")
     for game in suite.GAMES:
         known = anchors[game.lower()]
         assert isinstance(known["random"]["score"], float) and known["random"]["source"]
