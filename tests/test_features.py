@@ -4,14 +4,12 @@ frames."""
 from __future__ import annotations
 
 import torch
-from helpers import REPO_ROOT, load_benchmark
+from helpers import load_benchmark
 from torch import nn
 
 from a3c.config import build_config
 from a3c.envs import env_spaces
 from a3c.model import build_model
-
-FEATURES = REPO_ROOT / "benchmarks" / "features.py"
 
 
 def test_dead_units_are_the_ones_that_never_fire():
