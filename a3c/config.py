@@ -60,7 +60,7 @@ class Config:
     rollout_len: int = 20
     adam_eps: float = 1e-8
     # Adam's momentum. Asynchronous updates add a momentum of their own that grows with the worker count (Mitliagkas
-    # et al. 2016, "Asynchrony begets momentum"); docs/results.md has what it did at 16 workers.
+    # et al. 2016); 0 did not rescue 16 workers on Breakout, nor slow 2 (docs/results.md).
     adam_beta1: float = 0.9
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1  # the paper's shared RMSProp epsilon
