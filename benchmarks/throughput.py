@@ -10,8 +10,8 @@
 2. Training: the real Trainer (the code path of main.py) with n workers, measured for the same seconds after a
    warm-up, start-up excluded, once for each --learner and --variant given (in that order within every run, so that
    a drift of the machine's speed touches each alike). The ceiling is the default's game, so a variant with other
-   frames (size, stack) is measured against the same ceiling: its ratio compares it with the default. Outputs go to a temporary folder, never the repository's checkpoints/
-   or plots/.
+   frames (size, stack) is measured against the same ceiling: its ratio compares it with the default. Outputs go
+   to a temporary folder, never the repository's checkpoints/ or plots/.
 3. Where a worker's time goes (from the workers' own timers), and the memory (unique set size) of the parent and
    each worker with 2 and 8 workers (--memory-workers).
 The last line printed is one JSON object.
