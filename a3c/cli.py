@@ -100,6 +100,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="hold one lock around the shared optimizer's step (--no-lock-step: the paper's lock-free Hogwild step)",
     )
     algo.add_argument(
+        "--fresh-gradients",
+        dest="fresh_gradients",
+        action=argparse.BooleanOptionalAction,
+        help="sync with the shared model again just before each update, so the gradient is taken at its current "
+        "weights (autograd learner; for many workers)",
+    )
+    algo.add_argument(
         "--learner",
         choices=LEARNERS,
         help="how workers compute gradients: 'tape' (fast, CPU, the layers it knows), 'autograd' (any network, any "

@@ -91,6 +91,11 @@ class Config:
     standardize_frames: bool = True  # per-frame mean 0 / std 1 input instead of pixels / 255 (model.py says why)
     fc_layer: bool = False  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
     learner: str = "auto"  # see LEARNERS
+    # Sync again just before each update, so the gradient is taken at the shared weights of that moment rather than
+    # at the rollout's start, which 15 other workers' steps have since moved (the rollout's actions stay the older
+    # policy's). Only autograd can: it recomputes the forward passes, the tape replays the rollout's own. With 16
+    # workers on Breakout it kept most of the paper net's units alive (docs/results.md).
+    fresh_gradients: bool = False
     device: str = "cpu"  # where each worker's local model runs (the shared model stays in the parent's memory)
 
     # When to stop (0 / None: no such limit) and where outputs go.
@@ -152,6 +157,11 @@ class Config:
         need(self.opt in OPTIMIZERS, f"opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
         need(bool(self.arch.strip()), "arch is empty: give a trunk name such as small or paper")
         need(self.learner in LEARNERS, f"learner must be one of {', '.join(LEARNERS)}, got {self.learner!r}")
+        need(
+            not (self.fresh_gradients and self.learner == "tape"),
+            "--fresh-gradients recomputes each rollout at the new weights, which the tape cannot: use --learner "
+            "autograd (or auto)",
+        )
         need(
             re.fullmatch(r"[a-z]+(:\d+)?", self.device) is not None,
             f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}",

@@ -33,7 +33,7 @@ MILESTONES = {
 LEARNING_SETTINGS = tuple(
     "adam_beta1 adam_eps lr_end lr_anneal_start lr_anneal_frames gamma gae_lambda entropy_coef value_loss_coef "
     "max_grad_norm rollout_len hidden_size fc_layer frame_skip frame_size frame_stack standardize_frames "
-    "crop_top crop_bottom noop_max terminal_on_life_loss clip_rewards".split()
+    "crop_top crop_bottom noop_max terminal_on_life_loss clip_rewards fresh_gradients".split()
 )
 
 

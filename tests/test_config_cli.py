@@ -163,6 +163,7 @@ def out_dirs(tmp_path: Path) -> list[str]:
         (["--lr", "fast"], "invalid float value: 'fast'"),
         (["--env-name", "Pongg-v4"], "unknown environment id 'Pongg-v4'; did you mean"),
         (["--use-trained", "--env-name", "CartPole-v1"], "no checkpoint at"),
+        (["--fresh-gradients", "--learner", "tape"], "--fresh-gradients recomputes each rollout at the new weights"),
     ],
     ids=[
         "n_workers_0",
@@ -172,6 +173,7 @@ def out_dirs(tmp_path: Path) -> list[str]:
         "lr_not_a_number",
         "unknown_env",
         "missing_checkpoint",
+        "fresh_gradients_on_the_tape",
     ],
 )
 def test_cli_user_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, argv, expected):

@@ -259,6 +259,34 @@ def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path, learner
     assert any(r.truncated.any() for r in rollouts) and any(r.terminated.any() for r in rollouts)
 
 
+def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path: Path):
+    """--fresh-gradients: when other workers have stepped the shared model during a rollout, the update's gradients
+    are autograd's at the shared weights it finds, not at those the rollout began with; auto picks autograd."""
+    settings = _settings(tmp_path, env_name="CartPole-v1", max_grad_norm=1e9, fresh_gradients=True)
+    trainer = Trainer(build_config(settings))
+    assert trainer.cfg.learner == "autograd"
+    worker = Worker(0, trainer.cfg, trainer.shared)
+    try:
+        worker.sync()
+        rollout = worker.collect()
+        started_from = [p.detach().clone() for p in worker.params]
+        with torch.no_grad():  # other workers' steps meanwhile
+            for p in worker.shared_params:
+                p.add_(torch.randn_like(p) * (p.abs().mean() + 0.05))
+            moved = [p.clone() for p in worker.shared_params]
+        assert worker.update(rollout) is not None  # it steps the shared model on: `moved` keeps what it found
+        got = {name: p.grad.clone() for name, p in worker.model.named_parameters()}
+        assert all(torch.equal(p, q) for p, q in zip(worker.params, moved, strict=True))
+        assert_same_gradients(got, learner_gradients(worker.learner, rollout))
+        with torch.no_grad():
+            for p, start in zip(worker.params, started_from, strict=True):
+                p.copy_(start)
+        stale = learner_gradients(worker.learner, rollout)
+        assert any(not torch.allclose(got[name], grad, rtol=1e-2, atol=0) for name, grad in stale.items())
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("learner", LEARNERS)
 @pytest.mark.parametrize("max_grad_norm", [1e-3, 1e9], ids=["clipped", "within the limit"])
 def test_worker_update_clips_the_gradient_norm(tmp_path: Path, learner: str, max_grad_norm: float):

@@ -44,6 +44,8 @@ def choose_learner(cfg: Config, model: ActorCritic) -> tuple[str, str]:
         )
     if cfg.learner == "autograd":
         return "autograd", "as asked"
+    if cfg.fresh_gradients:
+        return "autograd", "--fresh-gradients recomputes each rollout at the new weights"
     why = tape_refusal(model)
     if why is None and torch.device(cfg.device).type != "cpu":
         why = f"it runs on the CPU and --device is {cfg.device}"
