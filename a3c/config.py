@@ -92,9 +92,9 @@ class Config:
     fc_layer: bool = False  # an fc layer of hidden_size between the conv trunk and the LSTM (the paper's net has one)
     learner: str = "auto"  # see LEARNERS
     # Sync again just before each update, so the gradient is taken at the shared weights of that moment rather than
-    # at the rollout's start, which 15 other workers' steps have since moved (the rollout's actions stay the older
-    # policy's). Only autograd can: it recomputes the forward passes, the tape replays the rollout's own. With 16
-    # workers on Breakout it kept most of the paper net's units alive (docs/results.md).
+    # at the rollout's start, which the other workers' steps have since moved. The rollout's actions, its carried-in
+    # LSTM state and its bootstrap value V(s_T) stay the older weights'. Only autograd can: it recomputes the
+    # forward passes, the tape replays the rollout's own. For many workers (docs/results.md).
     fresh_gradients: bool = False
     device: str = "cpu"  # where each worker's local model runs (the shared model stays in the parent's memory)
 

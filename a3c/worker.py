@@ -142,7 +142,9 @@ class Worker:
         for p in self.params:
             p.grad = None
         if cfg.fresh_gradients:
+            t0 = time.perf_counter()
             self.sync()  # the gradient at the shared weights of now (Config.fresh_gradients says why)
+            self.seconds["sync"] += time.perf_counter() - t0
         loss = self.learner.backward(rollout, cfg)
         # clip_grad_norm_'s maths, without its pass over every gradient when the norm is already within the limit
         # (nearly always: Pong's norms run 2-30 against 40).

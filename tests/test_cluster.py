@@ -125,7 +125,7 @@ def test_two_nodes_train_survive_a_node_death_resume_and_leave_nothing_behind(tm
     assert (tmp_path / "cartpole" / "pl" / "CartPole-v1.png").stat().st_size > 0
 
     pong = runs["pong"]
-    assert pong["saved_before_kill"] and pong["raylet_killed"], pong
+    assert pong["saved_before_kill"] and pong["raylet_killed"] and pong["went_on_before_ctrl_c"], pong
     assert pong["rc"] == 130 and "a3c: stopped: interrupted (Ctrl-C)" in pong["stdout"], pong
     assert "host 1 (127.0.0.1) is gone" in pong["stderr"] and "going on with 1 host(s)" in pong["stderr"], pong
     assert pong["workers_left"] == [], pong

@@ -259,6 +259,13 @@ def test_worker_update_hands_over_the_autograd_gradients(tmp_path: Path, learner
     assert any(r.truncated.any() for r in rollouts) and any(r.terminated.any() for r in rollouts)
 
 
+def gradients_at_the_local_weights(worker: Worker, rollout: Rollout) -> dict[str, torch.Tensor]:
+    """The worker's autograd learner on the rollout, with the run's own loss settings, unclipped."""
+    worker.model.zero_grad(set_to_none=True)
+    worker.learner.backward(rollout, worker.cfg)
+    return {name: p.grad.clone() for name, p in worker.model.named_parameters()}
+
+
 def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path: Path):
     """--fresh-gradients: when other workers have stepped the shared model during a rollout, the update's gradients
     are autograd's at the shared weights it finds, not at those the rollout began with; auto picks autograd."""
@@ -277,11 +284,11 @@ def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path:
         assert worker.update(rollout) is not None  # it steps the shared model on: `moved` keeps what it found
         got = {name: p.grad.clone() for name, p in worker.model.named_parameters()}
         assert all(torch.equal(p, q) for p, q in zip(worker.params, moved, strict=True))
-        assert_same_gradients(got, learner_gradients(worker.learner, rollout))
+        assert_same_gradients(got, gradients_at_the_local_weights(worker, rollout))
         with torch.no_grad():
             for p, start in zip(worker.params, started_from, strict=True):
                 p.copy_(start)
-        stale = learner_gradients(worker.learner, rollout)
+        stale = gradients_at_the_local_weights(worker, rollout)
         assert any(not torch.allclose(got[name], grad, rtol=1e-2, atol=0) for name, grad in stale.items())
     finally:
         worker.close()
