@@ -14,8 +14,9 @@ from a3c.messages import GameResult
 
 COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
 # Beside <game>.csv: the workers' mean losses every few seconds (policy and value loss per update, i.e. summed over
-# the rollout's steps; entropy per step), and the evaluator's scores of whole games.
-LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "updates")
+# the rollout's steps; entropy per step; staleness: the shared updates between the weights a gradient was taken at
+# and its step), and the evaluator's scores of whole games.
+LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "staleness", "updates")
 EVAL_COLUMNS = ("time_s", "frames", "games", "mean", "std", "min", "max")
 WINDOW = 100
 
@@ -49,10 +50,15 @@ class SideLog:
         kept: list[list[str]] = []
         if keep_up_to_frames is not None and self.path.exists():
             with open(self.path, newline="") as f:
-                reader = csv.reader(f)
-                if next(reader, None) == list(self.columns):
+                reader = csv.DictReader(f)
+                names = reader.fieldnames or []
+                # A file written before a column was added keeps its rows, with nan in the new column. A row of
+                # the wrong length (cut short by a crash mid-write) is dropped.
+                if "frames" in names and set(names) <= set(self.columns):
                     kept = [
-                        row for row in reader if len(row) == len(self.columns) and float(row[1]) <= keep_up_to_frames
+                        [row.get(c, "nan") for c in self.columns]
+                        for row in reader
+                        if None not in row and None not in row.values() and float(row["frames"]) <= keep_up_to_frames
                     ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")

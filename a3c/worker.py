@@ -49,11 +49,13 @@ class Worker:
         self.seconds = dict.fromkeys(("env", "inference", "learn", "sync", "waiting"), 0.0)
         self.agent_steps = 0
         self.last_stats = time.perf_counter()
-        self.loss_sums = dict.fromkeys(("policy_loss", "value_loss", "entropy"), 0.0)
+        self.loss_sums = dict.fromkeys(("policy_loss", "value_loss", "entropy", "staleness"), 0.0)
         self.loss_count = 0
+        self.synced_updates = 0  # the shared update count when the local weights were last copied
 
     def sync(self) -> None:
         """Copy the shared weights into the local model (the paper's 'synchronize thread-specific parameters')."""
+        self.synced_updates = self.shared.updates.value
         with torch.no_grad():
             for local, shared in zip(self.params, self.shared_params, strict=True):
                 local.copy_(shared)
@@ -165,6 +167,9 @@ class Worker:
             if not held:
                 return None  # the run ended while we waited: nothing to step for
             self.shared.optimizer.step()
+            # How many updates the shared weights took between the copy this gradient was taken at and this step:
+            # the other workers' (about n_workers - 1 a rollout); fewer with fresh_gradients.
+            self.loss_sums["staleness"] += self.shared.updates.value - self.synced_updates
         for p in self.shared_params:
             p.grad = None
         return loss

@@ -154,6 +154,7 @@ def test_training_with_evaluator_losses_and_tensorboard(tmp_path: Path):
     evals, losses = read_csv(eval_csv), read_csv(loss_csv)
     assert len(evals["mean"]) >= 1 and all(g == 2 for g in evals["games"])
     assert len(losses["entropy"]) >= 1 and all(0 < e <= 0.7 for e in losses["entropy"])  # ln 2 = 0.693
+    assert all(s == 0 for s in losses["staleness"])  # one worker: no other update lands between sync and step
     assert cfg.plot_path.exists()
     (run_dir,) = (tmp_path / "runs").iterdir()
     events = EventAccumulator(str(run_dir))

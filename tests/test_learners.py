@@ -294,6 +294,23 @@ def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path:
         worker.close()
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["rollout's weights", "fresh gradients"])
+def test_staleness_counts_the_updates_between_the_gradients_weights_and_its_step(tmp_path: Path, fresh: bool):
+    """The losses CSV's staleness: shared updates that landed between the copy of the weights a gradient was taken
+    at and its step. Three land during the rollout: a gradient at the rollout's weights counts them, a fresh one
+    (taken after them) does not."""
+    trainer = Trainer(build_config(_settings(tmp_path, env_name="CartPole-v1", fresh_gradients=fresh)))
+    worker = Worker(0, trainer.cfg, trainer.shared)
+    try:
+        worker.sync()
+        rollout = worker.collect()
+        trainer.shared.updates.value += 3  # three other workers' steps meanwhile
+        assert worker.update(rollout) is not None
+        assert worker.loss_sums["staleness"] == (0 if fresh else 3)
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("learner", LEARNERS)
 @pytest.mark.parametrize("max_grad_norm", [1e-3, 1e9], ids=["clipped", "within the limit"])
 def test_worker_update_clips_the_gradient_norm(tmp_path: Path, learner: str, max_grad_norm: float):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ from a3c import cli
 from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import Config, build_config
 from a3c.envs import env_spaces
-from a3c.metrics import COLUMNS, GameResult, Metrics
+from a3c.metrics import COLUMNS, LOSS_COLUMNS, GameResult, Metrics, SideLog, read_csv
 from a3c.model import build_model
 from a3c.trainer import Trainer
 
@@ -107,6 +108,22 @@ def write_games(cfg: Config, scores: list[float]) -> None:
     for i, score in enumerate(scores):
         metrics.add(GameResult(worker=i % 2, score=score, length=800, frames=3200 * (i + 1)), time_s=10.0 * (i + 1))
     metrics.close()
+
+
+def test_a_resumed_loss_log_from_before_a_column_was_added_keeps_its_rows(tmp_path: Path):
+    """Resuming a run whose losses CSV predates the staleness column keeps its rows up to the checkpoint's frames,
+    with nan in the new column, and drops a row cut short."""
+    path = tmp_path / "game-losses.csv"
+    old = ["time_s,frames,worker,policy_loss,value_loss,entropy,updates", "5.0,1000,0,-1.5,2.0,1.38,4"]
+    path.write_text("\n".join([*old, "9.0,3000,1,-1.0,1.0,1.30,5", "12.0,1800,0,-1."]) + "\n")
+    log = SideLog(path, LOSS_COLUMNS)
+    log.open(keep_up_to_frames=2000)
+    log.add({"time_s": 20.0, "frames": 4000, "worker": 1, "policy_loss": -0.5, "value_loss": 0.5, "entropy": 1.2,
+             "staleness": 1.5, "updates": 6})  # fmt: skip
+    log.close()
+    rows = read_csv(path)
+    assert rows["frames"] == [1000.0, 4000.0] and rows["entropy"] == [1.38, 1.2]
+    assert math.isnan(rows["staleness"][0]) and rows["staleness"][1] == 1.5
 
 
 def cli_dirs(cfg: Config) -> list[str]:
