@@ -167,15 +167,18 @@ class Worker:
             if not held:
                 return None  # the run ended while we waited: nothing to step for
             self.shared.optimizer.step()
-            # How many updates the shared weights took between the copy this gradient was taken at and this step:
-            # the other workers' (about n_workers - 1 a rollout); fewer with fresh_gradients.
-            self.loss_sums["staleness"] += self.shared.updates.value - self.synced_updates
+            # Counted as it lands, so that a sync after it sees it. Staleness: how many updates the shared weights
+            # took between the copy this gradient was taken at and this step, the other workers' (about
+            # n_workers - 1 a rollout; fewer with fresh_gradients).
+            with self.shared.updates.get_lock():
+                self.loss_sums["staleness"] += self.shared.updates.value - self.synced_updates
+                self.shared.updates.value += 1
         for p in self.shared_params:
             p.grad = None
         return loss
 
     def train_step(self) -> LossTerms | None:
-        """One A3C iteration: sync, collect, update, and count the frames and the update."""
+        """One A3C iteration: sync, collect, update (which counts itself), and count the frames and the losses."""
         clock = time.perf_counter
         t0 = clock()
         self.sync()
@@ -187,8 +190,6 @@ class Worker:
         with self.shared.frames.get_lock():
             self.shared.frames.value += self.cfg.rollout_len * len(self.envs) * self.frame_skip
         if loss is not None:
-            with self.shared.updates.get_lock():
-                self.shared.updates.value += 1
             self.loss_sums["policy_loss"] += float(loss.policy)
             self.loss_sums["value_loss"] += float(loss.value)
             self.loss_sums["entropy"] += float(loss.entropy)
