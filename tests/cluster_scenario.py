@@ -2,7 +2,7 @@
 (RAY_ADDRESS and A3C_RAY_NODE_DIRS come from it): `python tests/cluster_scenario.py OUT_DIR`. Writes what each run
 did to OUT_DIR/scenario.json; the test holds it to what a user expects.
 
-1. CartPole to an average of 100 with one worker on each node, exchanging every 0.25 s.
+1. CartPole to an average of 60 with one worker on each node, exchanging every 0.25 s.
 2. Pong with a save every 3 s; the second node's raylet is killed once the run has saved; the run goes on, and
    Ctrl-C (SIGINT) ends it with a final checkpoint.
 3. Pong resumed from that checkpoint with --use-trained, on the one node left; once it has saved past where the
@@ -65,9 +65,10 @@ def main() -> None:
     started = time.monotonic()
     # A quarter-second exchange: at the default 1 s, one of four such runs fell back from 110 and stayed near 50 for
     # 750k frames, 240 s (docs/cluster.md, "Learning per frame"); hosts' mutual staleness is what the interval sets.
-    # Target 100, 4.5x random play: the two hosts' exchanged model learns. 195 is tests/test_learning.py's, locally;
-    # here it took a minute more (CI time) and proves nothing further about the cluster.
-    cartpole = ["--env-name", "CartPole-v1", "--exchange-interval", "0.25", "--target-reward", "100"]
+    # Target 60, almost 3x random play (22): the two hosts' exchanged model learns. 195 is tests/test_learning.py's,
+    # locally; higher targets here took minutes more of CI time (100: 145-253 s for the whole test) and prove
+    # nothing further about the cluster.
+    cartpole = ["--env-name", "CartPole-v1", "--exchange-interval", "0.25", "--target-reward", "60"]
     run = start("cartpole", *cartpole, "--max-seconds", "240")
     results["cartpole"] = finished(run, 400) | {"seconds_since_start": round(time.monotonic() - started, 1)}
 
