@@ -66,8 +66,7 @@ def main() -> None:
     # A quarter-second exchange: at the default 1 s, one of four such runs fell back from 110 and stayed near 50 for
     # 750k frames, 240 s (docs/cluster.md, "Learning per frame"); hosts' mutual staleness is what the interval sets.
     # Target 60, almost 3x random play (22): the two hosts' exchanged model learns. 195 is tests/test_learning.py's,
-    # locally; higher targets here took minutes more of CI time (100: 145-253 s for the whole test) and prove
-    # nothing further about the cluster.
+    # locally; higher targets here cost minutes of CI time and prove nothing further about the cluster.
     cartpole = ["--env-name", "CartPole-v1", "--exchange-interval", "0.25", "--target-reward", "60"]
     run = start("cartpole", *cartpole, "--max-seconds", "240")
     results["cartpole"] = finished(run, 400) | {"seconds_since_start": round(time.monotonic() - started, 1)}
