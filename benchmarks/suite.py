@@ -5,11 +5,12 @@
 
 Each game is one real run of benchmarks/learning.py (the trainer with the game's config, plus any trainer flag
 given here, so a candidate recipe is tried across the suite with the same command), one after another. A game whose
-run in --out-dir already covers its budget is read back instead of run again, so an interrupted suite goes on where
-it stopped. Writes, in --out-dir: suite.md (the table), suite.png (a grid of learning curves) and suite.json.
-The table gives the 100-game average at 1M, 2M, 5M and 10M frames, the minutes and frames/s, random play's score
-and the anchors' scores at the same frames (benchmarks/anchors.json, each curve with its source). The last line
-printed is one JSON object.
+run in --out-dir already covers its budget is read back instead of run again; one cut short, or made with the same
+settings and another --frames, goes on from its checkpoint (learning.py --use-trained). So an interrupted suite goes
+on where it stopped, and a suite run to 2M frames can later be taken to 5M without training the first 2M again. Writes,
+in --out-dir: suite.md (the table), suite.png (a grid of learning curves) and suite.json. The table gives the
+100-game average at 1M, 2M, 5M and 10M frames, the minutes and frames/s, random play's score and the anchors' scores
+at the same frames (benchmarks/anchors.json, each curve with its source). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -68,13 +69,22 @@ def score_at(
     return columns["avg100"][last], min(last + 1, 100)
 
 
+def without_budget(args: list[str]) -> list[str]:
+    """A run's learning.py arguments less its --max-frames, which a longer suite may raise."""
+    k = args.index("--max-frames")
+    return args[:k] + args[k + 2 :]
+
+
 def run_game(game: str, frames: int, out: Path, args: list[str]) -> dict:
     """learning.py's summary of this game's run with args. A run in `out` made with the same args is read back
-    when it ended well and covers `frames`; one made with other args is never mixed in or overwritten."""
+    when it ended well and covers `frames`; one made with the same args but another budget, or cut short, goes on
+    from its checkpoint; one made with other args is never mixed in or overwritten."""
     summary_path, args_path = out / "learning.json", out / "suite-args.json"
+    checkpoint = out / f"{safe_name(args[args.index('--env-name') + 1])}.pt"
+    go_on = False
     if args_path.exists():
         before = json.loads(args_path.read_text())
-        if before != args:
+        if without_budget(before) != without_budget(args):
             raise SystemExit(
                 f"suite.py: {out} holds a run made with other settings ({' '.join(before)}); give another --out-dir"
             )
@@ -83,11 +93,14 @@ def run_game(game: str, frames: int, out: Path, args: list[str]) -> dict:
             if summary["exit_status"] == 0 and (summary.get("frames_trained", 0) >= frames or solved(summary)):
                 print(f"{game}: reusing {summary_path} ({summary['frames_trained']:,} frames)", flush=True)
                 return summary
+        # A run given a new budget, or cut short, goes on from its checkpoint rather than train again over it.
+        go_on = checkpoint.exists()
     out.mkdir(parents=True, exist_ok=True)
     summary_path.unlink(missing_ok=True)  # a summary left by an earlier run must not stand in for this one
     args_path.write_text(json.dumps(args))
-    print(f"{game}: learning.py {' '.join(args)}", flush=True)
+    print(f"{game}: {f'going on from {checkpoint}: ' if go_on else ''}learning.py {' '.join(args)}", flush=True)
     command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), *args, "--out-dir", str(out)]
+    command += ["--use-trained"] if go_on else []
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL)
     if done.returncode != 0 or not summary_path.exists():
         raise SystemExit(f"suite.py: {game}'s run ended with status {done.returncode}; its log is in {out}")

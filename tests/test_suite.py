@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT, load_benchmark
 
+from a3c.metrics import read_csv
+
 SUITE = REPO_ROOT / "benchmarks" / "suite.py"
 
 
@@ -47,9 +49,10 @@ def test_every_suite_game_has_random_play_and_an_anchor_curve_with_a_source():
 
 @pytest.mark.learning
 @pytest.mark.multiprocess
-def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_a_finished_run(tmp_path: Path):
+def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_or_extends_its_run(tmp_path: Path):
     """A real suite of one tiny CartPole run: the table, the PNG grid and the summary; run again, it reads the run
-    back instead of training; with other trainer flags it refuses the folder rather than mix the two runs."""
+    back instead of training; with a bigger budget it goes on from the checkpoint, keeping the games played; with
+    other trainer flags it refuses the folder rather than mix the two runs."""
     command = [sys.executable, str(SUITE), "--games", "CartPole-v1", "--frames", "3000", "--n-workers", "1"]
     command += ["--out-dir", str(tmp_path)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -65,6 +68,20 @@ def test_a_cartpole_suite_writes_its_table_and_grid_and_reuses_a_finished_run(tm
     assert "CartPole-v1: reusing" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["games"][0]["frames"] == row["frames"]
 
+    csv_path = tmp_path / "CartPole-v1" / "CartPole-v1.csv"
+    first_games = read_csv(csv_path)
+    longer_command = [*command, "--frames", "6000"]  # the later --frames wins
+    longer = subprocess.run(longer_command, capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert "CartPole-v1: going on from" in longer.stdout
+    (longer_row,) = json.loads(longer.stdout.strip().splitlines()[-1])["games"]
+    assert longer_row["frames"] >= 6000
+    games = read_csv(csv_path)  # the first run's games, then more from where its frames ended
+    kept = len(first_games["frames"])
+    assert len(games["frames"]) > kept and games["frames"][:kept] == first_games["frames"]
+    assert games["frames"][kept] > first_games["frames"][-1]
+
     other = subprocess.run([*command, "--lr", "5e-4"], capture_output=True, text=True, timeout=300)
     assert other.returncode != 0 and "holds a run made with other settings" in other.stderr
-    assert json.loads((tmp_path / "CartPole-v1" / "learning.json").read_text())["frames_trained"] == row["frames"]
+    summary = json.loads((tmp_path / "CartPole-v1" / "learning.json").read_text())
+    assert summary["frames_trained"] == longer_row["frames"]
