@@ -7,8 +7,8 @@ Each game is one real run of benchmarks/learning.py (the trainer with the game's
 given here, so a candidate recipe is tried across the suite with the same command), one after another. A game whose
 run in --out-dir already covers its budget is read back instead of run again; one cut short, or made with the same
 settings and another --frames, goes on from its checkpoint (learning.py --use-trained). So an interrupted suite goes
-on where it stopped, and a suite run to 2M frames can later be taken to 5M without training the first 2M again. Writes,
-in --out-dir: suite.md (the table), suite.png (a grid of learning curves) and suite.json. The table gives the
+on where it stopped, and a suite run to 2M frames can later be taken to 5M without training the first 2M again.
+Writes, in --out-dir: suite.md (the table), suite.png (a grid of learning curves) and suite.json. The table gives the
 100-game average at 1M, 2M, 5M and 10M frames, the minutes and frames/s, random play's score and the anchors' scores
 at the same frames (benchmarks/anchors.json, each curve with its source). The last line printed is one JSON object.
 """
