@@ -10,7 +10,12 @@ above zero (ReLU) or never above -0.99 (ELU, saturated) on any observation. Dead
 stay dead unless the layers below them move. It also reports the spread of the trunk's output over the
 observations (the standard deviation of each feature, averaged over features): near zero, every screen looks
 alike to the LSTM and the policy cannot tell them apart. A policy stuck at uniform with most units dead has lost
-its features, not its exploration (docs/results.md, Breakout with 16 workers). The last line is one JSON object.
+its features, not its exploration (docs/results.md, Breakout with 16 workers).
+
+Then the LSTM, stepped through the same observations in order: for its input, forget and output gates, the share
+of units whose gate stays shut (below 0.05) on every observation, and the spread of h over the observations. With
+the output gate shut h is near zero whatever the screen, so the heads see nothing and pass back no gradient: the
+small net's way of losing the screen, where its ELUs stay alive. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from a3c.evaluate import load_trained  # noqa: E402
 
 # Below this an ELU's output is within 1% of its floor of -1, where its slope is too.
 ELU_FLOOR = -0.99
+# A gate below this lets through under 5% of what it guards, and its sigmoid's slope is under 0.05.
+GATE_SHUT = 0.05
 
 
 def random_observations(cfg, steps: int, seed: int) -> torch.Tensor:
@@ -73,6 +80,30 @@ def layer_health(trunk: nn.Module, x: torch.Tensor) -> tuple[list[dict], float]:
     return report, spread
 
 
+def lstm_health(lstm: nn.LSTM, x: torch.Tensor) -> tuple[dict[str, float], float]:
+    """The LSTM stepped from a zero state through trunk outputs x [N, input] in order, the state carried across the
+    few new games among them: per gate (input, forget, output; torch's order is i, f, g, o), the share of units
+    shut on every step; and h's mean spread over the steps."""
+    w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+    h = x.new_zeros(1, lstm.hidden_size)
+    c = x.new_zeros(1, lstm.hidden_size)
+    gates, hs = [], []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            pre = x[t : t + 1] @ w_ih.T + h @ w_hh.T + bias
+            h, c = torch.lstm_cell(x[t : t + 1], (h, c), w_ih, w_hh, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            gates.append(pre)
+            hs.append(h)
+        i, f, _, o = torch.cat(gates).chunk(4, dim=1)
+        shut = {
+            name: round(float((gate.sigmoid().amax(dim=0) < GATE_SHUT).float().mean()), 4)
+            for name, gate in (("input", i), ("forget", f), ("output", o))
+        }
+        spread = float(torch.cat(hs).std(dim=0).mean())
+    return shut, spread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt) saved by main.py")
@@ -88,12 +119,22 @@ def main() -> None:
             raise SystemExit(f"features.py: {path} is not a network of frames (no conv trunk to look at)")
         obs = random_observations(cfg, args.steps, args.seed)
         report, spread = layer_health(model.trunk, model.trunk_input(obs))
+        with torch.no_grad():
+            shut, h_spread = lstm_health(model.lstm, model.features(obs))
         frames = int(payload["counters"]["frames"])
         print(f"{path}: {cfg.env_name}, {frames:,} frames, --arch {cfg.arch}")
         for row in report:
             print(f"  {row['layer']:<16} {row['units']:>6} units  {row['dead']:>6.1%} dead")
         print(f"  features' spread over {args.steps} observations: {spread:.4f}")
-        results[path] = {"frames": frames, "layers": report, "feature_spread": round(spread, 5)}
+        print("  LSTM gates shut on every observation: " + ", ".join(f"{k} {v:.1%}" for k, v in shut.items()))
+        print(f"  LSTM output's (h) spread: {h_spread:.4f}")
+        results[path] = {
+            "frames": frames,
+            "layers": report,
+            "feature_spread": round(spread, 5),
+            "lstm_gates_shut": shut,
+            "h_spread": round(h_spread, 5),
+        }
     print(json.dumps({"steps": args.steps, "seed": args.seed, "checkpoints": results}))
 
 

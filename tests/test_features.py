@@ -30,7 +30,7 @@ def test_dead_units_are_the_ones_that_never_fire():
 
 def test_a_fresh_pong_net_seen_through_the_trainers_own_frames():
     """Observations of random play through make_env reach the small net's four ELU convolutions, none of them dead
-    before training, and its features vary with the screen."""
+    before training, and its features vary with the screen; so does h, with no LSTM gate shut."""
     features = load_benchmark("features")
     cfg = build_config({"env_name": "PongNoFrameskip-v4"})
     torch.manual_seed(0)
@@ -39,3 +39,27 @@ def test_a_fresh_pong_net_seen_through_the_trainers_own_frames():
     report, spread = features.layer_health(model.trunk, model.trunk_input(obs))
     assert [row["dead"] for row in report] == [0.0] * 4
     assert spread > 0
+    shut, h_spread = features.lstm_health(model.lstm, model.features(obs).detach())
+    assert set(shut.values()) == {0.0}
+    assert h_spread > 0
+
+
+def test_lstm_gates_shut_are_the_ones_closed_on_every_step():
+    """Output-gate units held shut by their bias are counted, open ones are not, and h stops varying once every
+    output gate is shut."""
+    features = load_benchmark("features")
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 8)
+    x = torch.randn(40, 6)
+    shut, spread = features.lstm_health(lstm, x)
+    assert shut == {"input": 0.0, "forget": 0.0, "output": 0.0}
+    assert spread > 0.01
+    with torch.no_grad():
+        lstm.bias_ih_l0[3 * 8 : 3 * 8 + 2] = -20.0  # torch's gate order i, f, g, o: two output gates shut
+    shut, _ = features.lstm_health(lstm, x)
+    assert shut == {"input": 0.0, "forget": 0.0, "output": 0.25}
+    with torch.no_grad():
+        lstm.bias_ih_l0[3 * 8 :] = -20.0
+    shut, spread = features.lstm_health(lstm, x)
+    assert shut["output"] == 1.0
+    assert spread < 1e-6
