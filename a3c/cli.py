@@ -49,7 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     algo = p.add_argument_group("algorithm")
     algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
-    algo.add_argument("--lr", type=float, help="learning rate")
+    algo.add_argument(
+        "--lr", type=float, help="learning rate; more than 8 workers get less, x sqrt(8 / workers) (16: 1.06e-4)"
+    )
     algo.add_argument("--adam-beta1", dest="adam_beta1", type=float, help="Adam's momentum (beta1)")
     algo.add_argument("--adam-eps", dest="adam_eps", type=float, help="Adam's epsilon")
     algo.add_argument(

@@ -20,6 +20,10 @@ OPTIMIZERS = ("adam", "rmsprop")
 # forward passes (fast, CPU, the layers it knows); "autograd" recomputes the rollout with autograd (any network,
 # any device); "auto" takes the tape where the trainer's start-up check finds it gives autograd's gradients.
 LEARNERS = ("auto", "autograd", "tape")
+# Each gradient lands on weights about n_workers - 1 updates newer than those it was taken at. With more than 8
+# workers at the full lr those steps shut the small net's LSTM gates on Breakout and its policy stays at random play;
+# 16 workers learn Breakout and Pong at about 2/3 of it (docs/results.md, issue #22).
+LR_FULL_WORKERS = 8
 
 
 class ConfigError(ValueError):
@@ -45,7 +49,8 @@ class Config:
 
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
-    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: fewer frames to solve Pong (docs/results.md).
+    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: fewer frames to solve Pong (docs/results.md). The lr of up
+    # to LR_FULL_WORKERS workers; build_config gives more workers less unless a flag or file sets it (default_lr).
     lr: float = 1.5e-4
     # lr holds until lr_anneal_start frames, falls linearly to lr_end at lr_anneal_frames, then stays there
     # (None: constant lr). The paper anneals to 0 over the whole run; a floor keeps a longer run still learning.
@@ -249,6 +254,12 @@ class Config:
         return self
 
 
+def default_lr(n_workers: int) -> float:
+    """The lr for n_workers workers sharing one model when none is given: Config.lr up to LR_FULL_WORKERS, then
+    Config.lr x sqrt(LR_FULL_WORKERS / n_workers) (1.06e-4 at 16 workers, 7.5e-5 at 32)."""
+    return Config.lr * math.sqrt(min(1.0, LR_FULL_WORKERS / max(1, n_workers)))
+
+
 def safe_name(env_name: str) -> str:
     """Env id as a file name: anything but letters, digits, '-', '_' and '.' becomes '_'."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", env_name.strip()) or "env"
@@ -323,4 +334,10 @@ def build_config(overrides: dict[str, object], config_file: str | Path | None = 
             file_settings = read_config_file(game_file)
             file_settings.pop("env_name", None)  # the game's file must not swap the game the user chose
     settings = {**file_settings, **{k: coerce(k, v, "flag") for k, v in overrides.items()}}
+    if "lr" not in settings:
+        # The workers that share one model: this machine's, or each host's on a cluster (a host-local model).
+        sharing = 1 if settings.get("serial") else settings.get("n_workers") or available_cores()
+        if settings.get("ray_address") is not None:
+            sharing = settings.get("workers_per_host") or sharing
+        settings["lr"] = default_lr(int(sharing))
     return Config(**settings).validate()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from a3c import cli
-from a3c.config import Config, ConfigError, build_config, game_config_path, game_name, safe_name
+from a3c.config import Config, ConfigError, build_config, default_lr, game_config_path, game_name, safe_name
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +57,21 @@ def test_default_env_gets_pong_toml():
 def test_flag_beats_game_toml():
     """A flag overrides the per-game file's setting."""
     assert build_config({"env_name": "PongNoFrameskip-v4", "target_reward": 5.0}).target_reward == 5.0
+
+
+def test_default_lr_falls_above_eight_workers(tmp_path: Path):
+    """Up to 8 workers keep the full lr; 16 get it x sqrt(1/2); a flag, a config file, --serial and a cluster's
+    workers per host decide instead."""
+    assert build_config({"n_workers": 2}).lr == build_config({"n_workers": 8}).lr == Config.lr == default_lr(1)
+    assert build_config({"n_workers": 16}).lr == pytest.approx(1.0607e-4, rel=1e-4)
+    assert build_config({"n_workers": 32}).lr == pytest.approx(Config.lr / 2)
+    assert build_config({"n_workers": 16, "lr": 3e-4}).lr == 3e-4
+    assert build_config({"n_workers": 16}, write_toml(tmp_path, "lr = 2e-4\n")).lr == 2e-4
+    assert build_config({"n_workers": 16, "env_name": "CartPole-v1"}).lr == 1e-3  # configs/cartpole.toml's
+    assert build_config({"n_workers": 16, "serial": True}).lr == Config.lr
+    cluster = {"n_workers": 2, "ray_address": "auto"}
+    assert build_config({**cluster, "workers_per_host": 32}).lr == pytest.approx(Config.lr / 2)
+    assert build_config(cluster).lr == Config.lr
 
 
 def test_game_name_and_safe_name():
