@@ -92,7 +92,9 @@ def lstm_health(lstm: nn.LSTM, x: torch.Tensor) -> tuple[dict[str, float], float
     with torch.no_grad():
         for t in range(x.shape[0]):
             pre = x[t : t + 1] @ w_ih.T + h @ w_hh.T + bias
-            h, c = torch.lstm_cell(x[t : t + 1], (h, c), w_ih, w_hh, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            i, f, g, o = pre.chunk(4, dim=1)  # one step of nn.LSTM, from the pre-activations kept for the report
+            c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+            h = o.sigmoid() * c.tanh()
             gates.append(pre)
             hs.append(h)
         i, f, _, o = torch.cat(gates).chunk(4, dim=1)
