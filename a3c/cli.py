@@ -8,7 +8,7 @@ import os
 import sys
 
 from a3c.checkpoint import STOPPED_AT_ONCE, CheckpointError
-from a3c.config import LEARNERS, OPTIMIZERS, Config, ConfigError, build_config
+from a3c.config import LEARNERS, LR_FULL_WORKERS, OPTIMIZERS, Config, ConfigError, build_config, default_lr
 from a3c.model import CONV_TRUNKS
 
 EXIT_USAGE = 2
@@ -49,8 +49,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     algo = p.add_argument_group("algorithm")
     algo.add_argument("--opt", choices=OPTIMIZERS, help="shared optimizer")
+    n = LR_FULL_WORKERS
     algo.add_argument(
-        "--lr", type=float, help="learning rate; more than 8 workers get less, x sqrt(8 / workers) (16: 1.06e-4)"
+        "--lr",
+        type=float,
+        help=f"learning rate; more than {n} workers get less, x sqrt({n} / workers) (16: {default_lr(16):.2e})",
     )
     algo.add_argument("--adam-beta1", dest="adam_beta1", type=float, help="Adam's momentum (beta1)")
     algo.add_argument("--adam-eps", dest="adam_eps", type=float, help="Adam's epsilon")
