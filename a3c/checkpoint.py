@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from a3c.config import Config
+from a3c.config import Config, ConfigError, coerce
 
 FORMAT = "a3c-checkpoint"
 VERSION = 1
@@ -112,7 +114,68 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} lacks {', '.join(sorted(missing))}; it is damaged: restore {path.name}.prev or retrain"
         )
+    problem = contents_problem(payload)
+    if problem is not None:
+        raise CheckpointError(f"{path} {problem}; it is damaged: restore {path.name}.prev or retrain")
     return payload
+
+
+def _tensors(tree: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf of nested dicts and lists with its path (model.lstm.weight_ih_l0, optimizer.state.3.exp_avg)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{where}.{key}")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _tensors(value, f"{where}.{i}")
+    else:
+        yield where, tree
+
+
+def damage_in(payload: dict[str, Any]) -> str | None:
+    """The first non-finite weight or optimizer statistic of a payload, in a few words, or None when all are finite:
+    what a save checks in the very copies it writes, and a load in what it read."""
+    for part in ("model", "optimizer"):
+        for where, value in _tensors(payload.get(part, {}), part):
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                return f"holds non-finite values in {where} ({bad:,} of {value.numel():,})"
+    return None
+
+
+def contents_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a loaded payload's contents, before anything is built from them, or None: the weights must
+    be tensors, the statistics torch's state_dict, the counters non-negative numbers, the history equal columns of
+    numbers, and the saved network settings within Config's bounds."""
+    if not isinstance(payload["env_name"], str) or not isinstance(payload["model_spec"], dict):
+        return "has no valid env_name or model_spec"
+    model = payload["model"]
+    if not isinstance(model, dict) or not model or not all(torch.is_tensor(v) for v in model.values()):
+        return "holds no model weights"
+    optimizer = payload["optimizer"]
+    state = optimizer.get("state") if isinstance(optimizer, dict) else None
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or "param_groups" not in state:
+        return "holds no optimizer statistics"
+    counters = payload["counters"]
+    if not isinstance(counters, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in counters.values()
+    ):
+        return "holds counters that are not non-negative numbers"
+    columns = payload["history"].get("columns") if isinstance(payload["history"], dict) else None
+    if not isinstance(columns, list) or len({len(c) if isinstance(c, list) else -1 for c in columns}) > 1:
+        return "holds a history that is not columns of one length"
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for column in columns for x in column):
+        return "holds a history with values that are not numbers"
+    saved = payload.get("config", {})
+    if not isinstance(saved, dict):
+        return "holds a config that is not a table of settings"
+    try:
+        network = {name: coerce(name, saved[name], "the checkpoint") for name in NETWORK_FIELDS if name in saved}
+        Config(**network).validate()
+    except (ConfigError, TypeError) as error:
+        return f"holds network settings this a3c would not build ({error})"
+    return damage_in(payload)
 
 
 def check_compatible(payload: dict[str, Any], env_name: str, model_spec: dict[str, Any], path: str | Path) -> None:

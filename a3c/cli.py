@@ -43,6 +43,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--seed", type=int, help="base seed; worker r uses seed + r")
     run.add_argument("--use-trained", dest="use_trained", action="store_true", help="resume from the game's checkpoint")
+    run.add_argument(
+        "--start-over",
+        dest="start_over",
+        action="store_true",
+        help="train afresh: the game's earlier checkpoint, CSVs and plot are moved aside to <dir>/<game>.<date-time>/ "
+        "(without this flag or --use-trained, a run that finds them refuses)",
+    )
     run.add_argument("--serial", action="store_true", help="run one worker inside this process (debugging)")
     run.add_argument("--plot", dest="plot_only", action="store_true", help="redraw the plot from the CSV and exit")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -208,7 +215,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     defaults = Config()
     for action in p._actions:  # show Config's defaults (the parser itself holds none, see argument_default)
-        if action.help and hasattr(defaults, action.dest) and action.dest not in ("use_trained", "serial", "evaluate"):
+        if (
+            action.help
+            and hasattr(defaults, action.dest)
+            and action.dest not in ("use_trained", "start_over", "serial", "evaluate")
+        ):
             action.help += f" (default: {getattr(defaults, action.dest)})"
     return p
 

@@ -14,26 +14,23 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces
+from a3c.fleet import WorkerGroup, share_state
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.model import build_model
-from a3c.processes import SharedState
+from a3c.processes import Counts
 from a3c.shared_optim import apply_settings, find_damage, make_optimizer, statistics
-from a3c.trainer import DEATH_WINDOW_S, EXIT_FAILED, MAX_WORKER_DEATHS, Trainer, count_death
-from a3c.worker import run_worker
+from a3c.trainer import EXIT_FAILED, Trainer
 
 try:
     import ray
@@ -44,7 +41,6 @@ except ImportError:  # the CLI turns this into one line: install the extra
 
 log = logging.getLogger(__name__)
 
-HOST_RANK = -3  # who holds a host's step lock while it folds the global weights in
 POLL_WAIT_S = 0.5  # a host's poll waits this long for its first record: a long poll, not a busy loop
 STOP_WAIT_S = 60.0  # the longest the driver waits for a host to stop its workers and send its last delta
 
@@ -131,7 +127,6 @@ class HostGroup:
         frames: int,
     ):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         torch.set_num_threads(1)
         self.cfg, self.host, self.global_model = cfg, host, global_model
         self.model, _ = build_model(cfg, *env_spaces(cfg))
@@ -141,9 +136,7 @@ class HostGroup:
         apply_settings(self.optimizer, cfg)
         self.optimizer.share_memory()
         self.model.share_memory()
-        self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["a3c.worker"])
-        self.shared = SharedState.create(self.ctx, self.model, self.optimizer, frames=frames)
+        self.shared = share_state(self.model, self.optimizer, max(ranks), Counts(frames, 0, 0))
         self.start_frames = frames
         self.foreign_frames = 0  # other hosts' frames added to this host's counter, so lr schedules see them all
         self.frames_sent = 0
@@ -151,26 +144,17 @@ class HostGroup:
         self.statistics = self._statistics_copy()
         self.exchanges = self.bytes_sent = self.bytes_received = 0
         self.events: list[str] = []
-        self.processes: dict[int, Any] = {}
-        self.deaths: dict[int, deque[float]] = {}
-        for rank in ranks:
-            self._spawn(rank)
+        self.group = WorkerGroup(cfg, self.shared, ranks)
+        self.group.start()
         self.halt = threading.Event()
         self.exchanger = threading.Thread(target=self._exchange_loop, name="exchange", daemon=True)
         self.exchanger.start()
-
-    def _spawn(self, rank: int) -> None:
-        process = self.ctx.Process(
-            target=run_worker, args=(rank, self.cfg, self.shared), name=f"worker-{rank}", daemon=True
-        )
-        process.start()
-        self.processes[rank] = process
 
     def _statistics_copy(self) -> list[torch.Tensor]:
         return [t.clone() for t in statistics(self.optimizer)]
 
     def own_frames(self) -> int:
-        return int(self.shared.frames.value) - self.start_frames - self.foreign_frames
+        return self.shared.counters.frames() - self.start_frames - self.foreign_frames
 
     def _exchange_loop(self) -> None:
         while not self.halt.wait(self.cfg.exchange_interval_s):
@@ -186,7 +170,7 @@ class HostGroup:
         weights or statistics are not sent: the host goes back to the global weights and its last sound statistics."""
         damage = find_damage(self.model, self.optimizer)
         if damage is not None:
-            with self.shared.step_lock.held_by(HOST_RANK):
+            with self.shared.step_lock.held():
                 copy_weights(self.model, self.base)
                 for tensor, saved in zip(statistics(self.optimizer), self.statistics, strict=True):
                     tensor.copy_(saved)
@@ -198,14 +182,13 @@ class HostGroup:
         weights, total_frames = ray.get(self.global_model.exchange.remote(delta, own - self.frames_sent))
         self.frames_sent = own
         global_weights = torch.from_numpy(np.array(weights))
-        with self.shared.step_lock.held_by(HOST_RANK):
+        with self.shared.step_lock.held():
             add_weights(self.model, global_weights - sent_from)
             self.statistics = self._statistics_copy()
         self.base = global_weights
         others = total_frames - self.start_frames - own - self.foreign_frames
         if others > 0:
-            with self.shared.frames.get_lock():
-                self.shared.frames.value += others
+            self.shared.counters.row(-1)[0] += others  # the host's own row: this thread alone writes it
             self.foreign_frames += others
         self.exchanges += 1
         self.bytes_sent += delta.nbytes
@@ -213,37 +196,21 @@ class HostGroup:
 
     def poll(self, wait_s: float = POLL_WAIT_S) -> HostReport:
         """The records since the last poll (waiting up to wait_s for the first), the totals, and any events; a
-        worker that died is started again."""
-        records: list[Any] = []
-        block = wait_s > 0
-        while True:
-            try:
-                records.append(self.shared.results.get(block, wait_s) if block else self.shared.results.get_nowait())
-            except queue.Empty:
-                break
-            block = False
-        for rank, process in list(self.processes.items()):
-            if process.is_alive() or self.shared.stop.is_set():
-                continue
-            process.join()
-            self.shared.step_lock.release_for(rank)
-            deaths = count_death(self.deaths, rank, time.monotonic())
-            if deaths >= MAX_WORKER_DEATHS:  # as a local run would end: this host goes on without it
-                del self.processes[rank]
-                self.events.append(
-                    f"host {self.host}: worker-{rank} died {deaths} times in {DEATH_WINDOW_S / 60:.0f} minutes; "
-                    "not started again"
-                )
-                continue
-            self.events.append(f"host {self.host}: worker-{rank} died (exit code {process.exitcode}); started again")
-            self._spawn(rank)
+        worker that died is started again, unless it keeps dying: then this host goes on without it, as a local
+        run would end."""
+        group = self.group.poll(wait_s)
+        self.events += [f"host {self.host}: {line}" for line in group.lines]
+        return self._report(group.records)
+
+    def _report(self, records: list[Any]) -> HostReport:
         events, self.events = self.events, []
+        _, updates, skipped = self.shared.counters.totals()
         return HostReport(
             self.host,
             records,
             self.own_frames(),
-            int(self.shared.updates.value),
-            int(self.shared.skipped_updates.value),
+            updates,
+            skipped,
             self.exchanges,
             self.bytes_sent,
             self.bytes_received,
@@ -252,27 +219,15 @@ class HostGroup:
 
     def stop(self) -> HostReport:
         """Stop the workers, send the last delta, and report."""
-        self.shared.stop.set()
         self.halt.set()
         self.exchanger.join()
-        records: list[Any] = []
-        events: list[str] = []
-        deadline = time.monotonic() + 10.0
-        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
-            report = self.poll(wait_s=0.1)  # a worker cannot exit while its queue feeder holds records
-            records += report.records
-            events += report.events
-        for rank, process in self.processes.items():
-            if process.is_alive():
-                process.kill()
-            process.join()
-            self.shared.step_lock.release_for(rank)
+        records = self.group.stop()
         try:
             self.exchange()
         except RayError as error:
             self.events.append(f"host {self.host}: could not send its last delta ({type(error).__name__})")
-        report = self.poll(wait_s=0.0)
-        return report._replace(records=records + report.records, events=events + report.events)
+        self.shared.close()
+        return self._report(records)
 
     def optimizer_state(self) -> dict[str, Any]:
         """This host's optimizer statistics, for the driver's checkpoint."""
@@ -310,19 +265,20 @@ class ClusterTrainer(Trainer):
     def __init__(self, cfg: Config, nodes: list[Node]):
         super().__init__(cfg)
         self.nodes = nodes
-        self.session_start_frames = int(self.shared.frames.value)
-        self.session_start_updates = int(self.shared.updates.value)
-        self.session_start_skipped = int(self.shared.skipped_updates.value)
+        self.session_start = self.shared.counters.totals()
+        # The driver runs no worker of its own: only the evaluator, when there is one, beside it.
+        self.group = WorkerGroup(self.cfg, self.shared, [], evaluator=self.cfg.eval_interval_s > 0)
         self.global_model: Any = None
         self.hosts: dict[int, Any] = {}  # host index -> HostGroup actor handle, while alive
         self.reports: dict[int, HostReport] = {}
         self.polls: dict[Any, int] = {}  # pending poll -> host index
         self.started_at = time.monotonic()
 
-    def _start_workers(self) -> None:
+    def _start_fleet(self) -> None:
+        super()._start_fleet()
         cfg = self.cfg
         weights = flat_weights(self.model).numpy()
-        frames = int(self.shared.frames.value)
+        frames = self.shared.counters.frames()
         here = ray.get_runtime_context().get_node_id()
         self.global_model = (
             ray.remote(GlobalModel).options(num_cpus=0, scheduling_strategy=on_node(here)).remote(weights, frames)
@@ -339,9 +295,6 @@ class ClusterTrainer(Trainer):
             self.polls[self.hosts[host].poll.remote()] = host
         hosts = ", ".join(f"host {h} {n.address} ({n.workers} workers)" for h, n in enumerate(self.nodes))
         print(f"a3c: {len(self.nodes)} host(s) on the Ray cluster: {hosts}", flush=True)
-
-    def _check_workers(self) -> None:
-        pass  # each host starts its own dead workers again; a host that is gone shows in its poll (_lose_host)
 
     def _drain(self, timeout: float) -> None:
         super()._drain(0.0)  # the evaluator's records, when one runs beside the driver
@@ -368,12 +321,14 @@ class ClusterTrainer(Trainer):
             print(f"a3c: {line}", file=sys.stderr, flush=True)
         self.reports[report.host] = report
         reports = self.reports.values()
-        self.shared.frames.value = self.session_start_frames + sum(r.frames for r in reports)
-        self.shared.updates.value = self.session_start_updates + sum(r.updates for r in reports)
-        self.shared.skipped_updates.value = self.session_start_skipped + sum(r.skipped_updates for r in reports)
+        # The driver's own row holds the cluster's totals: no worker here writes another.
+        totals = [sum(getattr(r, name) for r in reports) for name in Counts._fields]
+        self.shared.counters.row(-1)[:] = [
+            start + total for start, total in zip(self.session_start, totals, strict=True)
+        ]
         for record in report.records:
             if isinstance(record, GameResult):  # a host counts its own frames and others' as of its last exchange
-                record = record._replace(frames=int(self.shared.frames.value))
+                record = record._replace(frames=self.shared.counters.frames())
             self._take(record)
 
     def _lose_host(self, host: int, error: Exception) -> None:
@@ -422,7 +377,7 @@ class ClusterTrainer(Trainer):
         if self.global_model is not None:  # the hosts fold the sound weights in at their next exchange
             ray.get(self.global_model.put.remote(flat_weights(self.model).numpy()))
 
-    def _stop_workers(self) -> None:
+    def _stop_fleet(self) -> None:
         if self.polls:  # the records of the polls under way, before the hosts stop
             ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=2 * POLL_WAIT_S)
             for ref in ready:
@@ -438,7 +393,7 @@ class ClusterTrainer(Trainer):
                 self._take_report(ray.get(ref, timeout=STOP_WAIT_S))
             except (RayError, GetTimeoutError) as error:
                 self._lose_host(host, error)
-        super()._stop_workers()
+        super()._stop_fleet()
         seconds = max(time.monotonic() - self.started_at, 1e-9)
         for host, report in sorted(self.reports.items()):
             megabytes = (report.bytes_sent + report.bytes_received) / 1e6

@@ -111,6 +111,7 @@ class Config:
     checkpoint_dir: str = "checkpoints"
     plot_dir: str = "plots"
     use_trained: bool = False
+    start_over: bool = False  # without use_trained: move an earlier run's files aside instead of refusing (run_files)
     serial: bool = False  # run one worker in the parent process: for debugging and deterministic tests
 
     # Several hosts on a Ray cluster (a3c/cluster.py): None trains on this machine alone and never imports Ray.
@@ -246,6 +247,10 @@ class Config:
         need(
             self.ray_address is None or not self.serial,
             "--serial runs one worker in this process; it does not go with --ray-address",
+        )
+        need(
+            not (self.use_trained and self.start_over),
+            "--use-trained goes on with the earlier run and --start-over moves it aside: give one of them",
         )
         need(bool(self.checkpoint_dir), "checkpoint_dir is empty")
         need(bool(self.plot_dir), "plot_dir is empty")

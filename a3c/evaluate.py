@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,10 +21,11 @@ from a3c.envs import env_spaces, is_atari, make_env
 from a3c.messages import EvalResult
 from a3c.metrics import summarize
 from a3c.model import ActorCritic, build_model, sample_actions
-from a3c.processes import SharedState, child_process, trainer_alive
+from a3c.processes import Outbox, SharedState, child_process, trainer_alive
 
 ATARI_FPS = 60  # the 2600 draws 60 frames a second (NTSC); ALE's render_fps metadata means something else
 VIDEO_SUFFIXES = (".gif", ".mp4")
+STOP_CHECK_STEPS = 100
 
 
 class GameScore(NamedTuple):
@@ -52,17 +54,30 @@ def load_trained(cfg: Config, path: str | Path) -> tuple[ActorCritic, Config]:
     return model, cfg
 
 
-def play_game(model: ActorCritic, env: Any, seed: int, greedy: bool, on_step: Any = None) -> GameScore:
+def play_game(
+    model: ActorCritic,
+    env: Any,
+    seed: int,
+    greedy: bool,
+    on_step: Any = None,
+    stopping: Callable[[], bool] | None = None,
+) -> GameScore | None:
     """Play one whole game from env.reset(seed): the policy's most probable action if greedy, else a sample.
 
     The same model, env settings and seed replay the same game (the action sampler is seeded with it too).
-    on_step(score_so_far), if given, is called after every agent step (the video overlay)."""
+    on_step(score_so_far), if given, is called after every agent step (the video overlay). stopping(), if given, is
+    asked every STOP_CHECK_STEPS steps; None, with the game unfinished, once it says so (a game of Pong can take
+    minutes, which an evaluator whose run has ended must not play out)."""
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     state = model.initial_state(1)
     score = 0.0
+    steps = 0
     with torch.inference_mode():
         while True:
+            steps += 1
+            if stopping is not None and steps % STOP_CHECK_STEPS == 0 and stopping():
+                return None
             out = model(torch.from_numpy(np.asarray(obs)).unsqueeze(0), state)
             state = out.state
             action = int(out.logits.argmax(-1)[0]) if greedy else int(sample_actions(out.logits, rng)[0])
@@ -214,21 +229,27 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, record: str | Path 
 # -- the evaluator process of a training run (--eval-interval) ----------------------------------------------------
 
 
-def run_evaluator(cfg: Config, shared: SharedState) -> None:
-    """Entry point of the evaluator process: every cfg.eval_interval_s, score a copy of the shared model on
-    cfg.eval_episodes whole games and send an EvalResult to the trainer. Stops with the run or its parent."""
-    with child_process(-1, shared):
+def run_evaluator(rank: int, cfg: Config, shared: SharedState, outbox: Outbox) -> None:
+    """Entry point of the evaluator process (rank is processes.EVALUATOR_RANK): every cfg.eval_interval_s, score a
+    copy of the shared model on cfg.eval_episodes whole games and send an EvalResult to the trainer through outbox.
+    Stops with the run or its parent, within a game too."""
+    with child_process(rank, outbox):
         model, _ = build_model(cfg, shared.model.obs_shape, shared.model.num_actions)
         env = make_env(cfg, seed=cfg.seed + 10_000, training=False)
         round_ = 0
+
+        def stopping() -> bool:
+            return shared.stop.is_set() or not trainer_alive()
+
         while not shared.stop.wait(cfg.eval_interval_s) and trainer_alive():
             model.load_state_dict(shared.model.state_dict())
-            frames = int(shared.frames.value)
+            frames = shared.counters.frames()
             scores = []
             for i in range(cfg.eval_episodes):
-                if shared.stop.is_set() or not trainer_alive():
-                    return
                 seed = cfg.seed + 10_000 + round_ * cfg.eval_episodes + i
-                scores.append(play_game(model, env, seed, cfg.eval_greedy).score)
-            shared.results.put(EvalResult(frames, scores))
+                game = play_game(model, env, seed, cfg.eval_greedy, stopping=stopping)
+                if game is None:
+                    return
+                scores.append(game.score)
+            outbox.send(EvalResult(frames, scores))
             round_ += 1

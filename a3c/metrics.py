@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import statistics
@@ -19,6 +20,38 @@ COLUMNS = ("time_s", "frames", "worker", "score", "length", "avg100")
 LOSS_COLUMNS = ("time_s", "frames", "worker", "policy_loss", "value_loss", "entropy", "staleness", "updates")
 EVAL_COLUMNS = ("time_s", "frames", "games", "mean", "std", "min", "max")
 WINDOW = 100
+
+log = logging.getLogger(__name__)
+
+
+class RowWriter:
+    """Appends rows to an open CSV file, flushed at once. A row that cannot be written (a full disk) is reported
+    once and dropped, never raised: the games live on in the checkpoint's history, which rewrites the CSV on resume,
+    and the run's final save must not be lost to a CSV."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", newline="")  # noqa: SIM115 - closed by close()
+        self.failed = False
+
+    def write(self, values: list[object]) -> None:
+        try:
+            csv.writer(self.file).writerow(values)
+            self.file.flush()
+        except OSError as error:
+            if not self.failed:
+                log.error(
+                    "could not write %s (%s); its rows are dropped from now on, the checkpoint keeps every game",
+                    self.path,
+                    error.strerror or error,
+                )
+            self.failed = True
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:  # the buffer that could not be flushed is the row already reported
+            pass
 
 
 def summarize(scores: list[float]) -> dict[str, float]:
@@ -67,12 +100,11 @@ class SideLog:
             writer.writerow(self.columns)
             writer.writerows(kept)
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a", newline="")
+        self._file = RowWriter(self.path)
 
     def add(self, row: dict[str, float]) -> None:
         if self._file is not None:
-            csv.writer(self._file).writerow([row[c] for c in self.columns])
-            self._file.flush()
+            self._file.write([row[c] for c in self.columns])
 
     def close(self) -> None:
         if self._file is not None:
@@ -162,8 +194,7 @@ class Metrics:
         }
         self._append(row)
         if self._file is not None:
-            csv.writer(self._file).writerow([row[c] for c in COLUMNS])
-            self._file.flush()
+            self._file.write([row[c] for c in COLUMNS])
         return row
 
     def open_csv(self) -> None:
@@ -175,7 +206,7 @@ class Metrics:
             writer.writerow(COLUMNS)
             writer.writerows([row[c] for c in COLUMNS] for row in self.rows)
         os.replace(tmp, self.csv_path)
-        self._file = open(self.csv_path, "a", newline="")
+        self._file = RowWriter(self.csv_path)
         self.losses.open(self.resumed_frames)
         self.evals.open(self.resumed_frames)
 

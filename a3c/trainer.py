@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
-import queue
 import signal
 import sys
 import time
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.multiprocessing as mp
 
 from a3c.checkpoint import (
     FORMAT,
@@ -24,36 +23,35 @@ from a3c.checkpoint import (
     VERSION,
     CheckpointError,
     check_compatible,
+    damage_in,
     load_checkpoint,
     save_checkpoint,
     trained_network,
 )
 from a3c.config import Config, ConfigError
 from a3c.envs import check_env_id, env_spaces
-from a3c.evaluate import run_evaluator
+from a3c.fleet import DEATH_WINDOW_S, WorkerGroup, share_state
 from a3c.learners import choose_learner
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
 from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
-from a3c.processes import SharedState
+from a3c.processes import EVALUATOR_RANK, Counts, LocalOutbox
+from a3c.run_files import claim_run_files
 from a3c.shared_optim import apply_settings, find_damage, make_optimizer, scheduled_lr, statistics
-from a3c.worker import Worker, run_worker
+from a3c.worker import Worker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
-MAX_WORKER_DEATHS = 5  # deaths of one rank within DEATH_WINDOW_S that end the run
-DEATH_WINDOW_S = 600.0
 INTERRUPTED = "interrupted (Ctrl-C)"
 SKIP_WINDOW_S = 30.0  # non-finite updates: more skipped than applied in this window, and at least
 MIN_SKIPPED_TO_STOP = 20  # this many, end the run
 HEALTH_INTERVAL_S = 5.0  # how often the shared weights and statistics are checked (shared_optim.find_damage)
 MAX_ROLLBACKS = 3  # rollbacks within ROLLBACK_WINDOW_S that end the run: the damage keeps coming back
 ROLLBACK_WINDOW_S = 600.0
-TRAINER_RANK = -2  # who holds the step lock during a rollback
 LOCK_WAIT_S = 30.0  # the longest the trainer waits for the step lock before it tries again later
 
 
@@ -91,15 +89,6 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device {device} is not usable here ({first}); use --device cpu") from None
 
 
-def count_death(deaths: dict[int, deque[float]], rank: int, now: float) -> int:
-    """Record a death of rank at time now; return its deaths within the last DEATH_WINDOW_S (this one included)."""
-    times = deaths.setdefault(rank, deque())
-    times.append(now)
-    while now - times[0] > DEATH_WINDOW_S:
-        times.popleft()
-    return len(times)
-
-
 class Trainer:
     """Owns the shared state and the workers for one run; `run()` returns the process exit status."""
 
@@ -109,6 +98,15 @@ class Trainer:
         self.cfg = cfg
         check_writable(cfg.checkpoint_dir)
         check_writable(cfg.plot_dir)
+        # Before anything is read or written: this run alone uses these files, and it overwrites no earlier run.
+        self.run_lock = claim_run_files(cfg)
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.run_lock.release()
+            raise
+
+    def _build(self, cfg: Config) -> None:
         payload = None
         if cfg.use_trained:
             payload = load_checkpoint(cfg.checkpoint_path)
@@ -125,33 +123,18 @@ class Trainer:
         if payload is not None:
             history = self._resume(payload)
         self.model.share_memory()
-        # Children are forked from a fork server that has imported the worker's modules once (torch above all):
-        # their pages stay shared, so a worker's own memory is what it allocates, not a fresh copy of torch each
-        # (docs/benchmarks.md has the figures), and 16 workers start without 16 imports of torch. The server is a
-        # fresh process, started before any thread or CUDA context of this one, so forking from it is safe.
-        self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["a3c.worker", "a3c.evaluate"])
-        # The fork server inherits this before numpy loads: its OpenBLAS (the LSTM step's product) would otherwise
-        # start a thread per core in every worker, on cores the other workers already use.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        self.shared = SharedState.create(
-            self.ctx,
-            self.model,
-            self.optimizer,
-            frames=int(self.counters["frames"]),
-            updates=int(self.counters["updates"]),
-            skipped_updates=int(self.counters["skipped_updates"]),
-        )
+        start = Counts(*(int(self.counters[name]) for name in Counts._fields))
+        self.shared = share_state(self.model, self.optimizer, max_rank=cfg.n_workers - 1, start=start)
+        ranks = [] if cfg.serial else list(range(cfg.n_workers))
+        self.group = WorkerGroup(cfg, self.shared, ranks, evaluator=cfg.eval_interval_s > 0)
+        self.outbox = LocalOutbox()  # the records of the serial worker, which runs in this process
         resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
         self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
         self.tensorboard = None
         if cfg.tensorboard:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.tensorboard = TensorBoard(Path(cfg.tensorboard_dir) / f"{cfg.run_name}-{stamp}")
-        self.processes: dict[int, Any] = {}
-        self.evaluator: Any = None
         self.worker_stats: dict[int, WorkerStats] = {}
-        self.deaths: dict[int, deque[float]] = {}
         self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
         self.rollback_times: deque[float] = deque()
         self.damage_seen: list[tuple[int, str]] = []  # (frames, what) of each rollback in this session
@@ -212,72 +195,26 @@ class Trainer:
         )
         return payload["history"]
 
-    # -- workers -------------------------------------------------------------------------------------------------
-    def _start_workers(self) -> None:
-        for rank in range(self.cfg.n_workers):
-            self._spawn(rank)
-
-    def _spawn(self, rank: int) -> None:
-        process = self.ctx.Process(
-            target=run_worker, args=(rank, self.cfg, self.shared), name=f"worker-{rank}", daemon=True
-        )
-        process.start()
-        self.processes[rank] = process
-
-    def _check_workers(self) -> None:
-        """Replace dead workers; end the run if one keeps dying."""
-        for rank, process in list(self.processes.items()):
-            if process.is_alive() or self.shared.stop.is_set():
-                continue
-            process.join()
-            deaths = count_death(self.deaths, rank, time.monotonic())
-            log.error("worker-%d died (exit code %s)", rank, process.exitcode)
-            if self.shared.step_lock.release_for(rank):
-                log.error("worker-%d died inside the optimizer's step; released the step lock for the others", rank)
-            if deaths >= MAX_WORKER_DEATHS:
-                self._request_stop(
-                    f"worker-{rank} died {deaths} times in {DEATH_WINDOW_S / 60:.0f} minutes", EXIT_FAILED
-                )
-                return
-            self._spawn(rank)
-
-    def _spawn_evaluator(self) -> None:
-        self.evaluator = self.ctx.Process(
-            target=run_evaluator, args=(self.cfg, self.shared), name="evaluator", daemon=True
-        )
-        self.evaluator.start()
-
-    def _stop_workers(self) -> None:
-        self.shared.stop.set()
-        processes = list(self.processes.values()) + ([self.evaluator] if self.evaluator is not None else [])
-        deadline = time.monotonic() + 10.0
-        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
-            self._drain(timeout=0.1)  # a worker cannot exit while its queue feeder holds unread records
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-            process.join(timeout=5.0)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        for rank in self.processes:  # a worker terminated inside its step must not hold the lock from the last save
-            self.shared.step_lock.release_for(rank)
-        self._drain(timeout=0.0)
-
     # -- results and progress ------------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         return self.counters["elapsed_s"] + time.monotonic() - self.start_time
 
     def _drain(self, timeout: float) -> None:
-        """Take every record waiting on the results queue (waiting up to timeout for the first)."""
-        block = timeout > 0
-        while True:
-            try:
-                record = self.shared.results.get(block, timeout) if block else self.shared.results.get_nowait()
-            except queue.Empty:
-                return
-            block = False
+        """Take the children's records (waiting up to timeout for the first) and the serial worker's; log what became
+        of the children. A worker that keeps dying ends the run; an evaluator that does is left out."""
+        report = self.group.poll(timeout)
+        for line in report.lines:
+            log.error("%s", line)
+        for rank in report.gave_up:
+            if rank != EVALUATOR_RANK:
+                self._request_stop(
+                    f"worker-{rank} died {len(self.group.deaths[rank])} times in {DEATH_WINDOW_S / 60:.0f} minutes",
+                    EXIT_FAILED,
+                )
+        for record in report.records:
             self._take(record)
+        while self.outbox.records:
+            self._take(self.outbox.records.popleft())
 
     def _take(self, record: GameResult | WorkerStats | EvalResult | WorkerFailure) -> None:
         """One record from a worker or the evaluator: into the CSV, TensorBoard or the log."""
@@ -287,7 +224,7 @@ class Trainer:
         elif isinstance(record, WorkerStats):
             self.worker_stats[record.worker] = record
             if record.losses:
-                frames = int(self.shared.frames.value)
+                frames = self.shared.counters.frames()
                 self.metrics.add_losses(self._elapsed(), frames, record.worker, record.losses)
                 self._to_tensorboard(frames, {f"train/{k}": v for k, v in record.losses.items() if k != "updates"})
         elif isinstance(record, EvalResult):
@@ -327,7 +264,7 @@ class Trainer:
         """End the run when most recent updates came out non-finite: the model would only stand still. Unless the
         shared weights are what is damaged: then every worker's loss is non-finite until a rollback, so roll back
         now (check_health) and count afresh, whenever the health check would otherwise have come."""
-        updates, skipped = self.shared.updates.value, self.shared.skipped_updates.value
+        _, updates, skipped = self.shared.counters.totals()
         window = self.update_window
         window.append((now, updates, skipped))
         while now - window[0][0] > SKIP_WINDOW_S:
@@ -345,7 +282,7 @@ class Trainer:
             )
 
     def _check_stop(self, session_s: float) -> None:
-        cfg, frames = self.cfg, self.shared.frames.value
+        cfg, frames = self.cfg, self.shared.counters.frames()
         if cfg.target_reward is not None and self.metrics.games >= 100 and self.metrics.avg100 >= cfg.target_reward:
             self._request_stop(
                 f"reached the target: average of the last 100 games {self.metrics.avg100:.2f} >= {cfg.target_reward:g}"
@@ -357,18 +294,20 @@ class Trainer:
 
     # -- saving --------------------------------------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
-        """Everything a resume needs, as tensors and plain data (loads with weights_only=True)."""
+        """Everything a resume needs, as copies (the shared tensors keep moving) of tensors and plain data (loads with
+        weights_only=True)."""
+        frames, updates, skipped = self.shared.counters.totals()
         return {
             "format": FORMAT,
             "version": VERSION,
             "env_name": self.cfg.env_name,
             "model_spec": self.spec,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": {"name": self.cfg.opt, "state": self.optimizer.state_dict()},
+            "optimizer": {"name": self.cfg.opt, "state": copy.deepcopy(self.optimizer.state_dict())},
             "counters": {
-                "frames": int(self.shared.frames.value),
-                "updates": int(self.shared.updates.value),
-                "skipped_updates": int(self.shared.skipped_updates.value),
+                "frames": frames,
+                "updates": updates,
+                "skipped_updates": skipped,
                 "rollbacks": self.rollbacks,
                 "elapsed_s": self._elapsed(),
                 "games": self.metrics.games,
@@ -377,50 +316,38 @@ class Trainer:
             "config": dataclasses.asdict(self.cfg),
         }
 
-    def save(self) -> None:
-        """Checkpoint and plot. Damaged weights are rolled back first and never written; the sound state saved
-        becomes the one the next rollback returns to."""
-        # Checked, and copied or rolled back, under the step lock: no step lands between the check and the copy.
-        with self._step_lock_held() as held:
+    def save(self) -> bool:
+        """Checkpoint and plot; True if the checkpoint was written. Damaged weights are rolled back first and never written; the sound state saved
+        becomes the one the next rollback returns to. What is written is checked once more, in the very copies
+        written: the weights and the optimizer statistics."""
+        # Checked, rolled back, snapshotted and copied under the step lock: no step lands in between.
+        with self.shared.step_lock.held(LOCK_WAIT_S) as held:
             if held:
                 damage = find_damage(self.model, self.optimizer)
                 if damage is None:
                     self.snapshot = self._take_snapshot()
                 else:
                     self._roll_back(damage)
-        payload = self.payload()
-        if not all(torch.isfinite(weights).all() for weights in payload["model"].values()):
-            log.error(
-                "the weights turned non-finite while saving; keeping the last checkpoint %s", self.cfg.checkpoint_path
-            )
-            return
+            payload = self.payload()
+        damage = damage_in(payload)
+        if damage is not None:
+            log.error("the checkpoint to save %s; keeping the last one, %s", damage, self.cfg.checkpoint_path)
+            return False
         try:
             save_checkpoint(payload, self.cfg.checkpoint_path)
         except OSError as error:
             log.error("could not save %s (%s); the previous checkpoint is untouched", self.cfg.checkpoint_path, error)
-            return
+            return False
         self.plot()
+        return True
 
     # -- damaged weights -----------------------------------------------------------------------------------------
     def _shared_tensors(self) -> list[torch.Tensor]:
         """The shared weights and every optimizer statistic (step counts too), in a fixed order."""
         return [p.detach() for p in self.model.parameters()] + statistics(self.optimizer)
 
-    def _step_lock_held(self) -> contextlib.AbstractContextManager[bool]:
-        """The step lock for the trainer, waiting at most LOCK_WAIT_S and freeing it from a dead worker meanwhile."""
-        give_up_at = time.monotonic() + LOCK_WAIT_S
-
-        def keep_waiting() -> bool:
-            holder = self.shared.step_lock.holder.value
-            process = self.processes.get(holder)
-            if process is not None and not process.is_alive():
-                self.shared.step_lock.release_for(holder)
-            return time.monotonic() < give_up_at
-
-        return self.shared.step_lock.held_by(TRAINER_RANK, keep_waiting)
-
     def _take_snapshot(self) -> Snapshot:
-        return Snapshot(int(self.shared.frames.value), [t.clone() for t in self._shared_tensors()])
+        return Snapshot(self.shared.counters.frames(), [t.clone() for t in self._shared_tensors()])
 
     def check_health(self) -> bool:
         """True if the shared weights and statistics are sound; if not, roll them back (_roll_back).
@@ -432,7 +359,7 @@ class Trainer:
         seen = find_damage(self.model, self.optimizer)
         if seen is None:
             return True
-        with self._step_lock_held() as held:
+        with self.shared.step_lock.held(LOCK_WAIT_S) as held:
             if not held:
                 log.error("%s, but the step lock stayed taken for %.0f s; trying again later", seen, LOCK_WAIT_S)
                 return False
@@ -455,7 +382,7 @@ class Trainer:
         self.rollback_times.append(now)
         while now - self.rollback_times[0] > ROLLBACK_WINDOW_S:
             self.rollback_times.popleft()
-        frames = int(self.shared.frames.value)
+        frames = self.shared.counters.frames()
         self.damage_seen.append((frames, damage))
         print(
             f"a3c: {damage} at {frames:,} frames; rolled back to the weights and optimizer statistics of "
@@ -483,24 +410,23 @@ class Trainer:
             log.error("could not draw %s: %s", cfg.plot_path, error)
 
     # -- the loop ------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Let go of a trainer that is not run: its lock on the run's files and its shared state (run() does this
+        itself)."""
+        self.shared.close()
+        self.run_lock.release()
+
     def run(self) -> int:
-        """Train until a stop condition; save, draw, join every worker; return the exit status."""
+        """Train until a stop condition; stop the children, save, draw; return the exit status."""
         cfg = self.cfg
         previous_term = signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
         previous_int = signal.signal(signal.SIGINT, self._on_ctrl_c)
-        self.metrics.open_csv()
-        tty = sys.stdout.isatty()
-        session_start = time.monotonic()
-        last_save = last_print = last_health = session_start
-        rate_window: deque[tuple[float, int]] = deque([(session_start, self.shared.frames.value)])
         serial_worker = None
         try:
+            self.metrics.open_csv()
             if cfg.serial:
-                serial_worker = Worker(0, cfg, self.shared)
-            else:
-                self._start_workers()
-            if cfg.eval_interval_s > 0:
-                self._spawn_evaluator()
+                serial_worker = Worker(0, cfg, self.shared, self.outbox)
+            self._start_fleet()
             lr_schedule = ""
             if cfg.lr_end is not None:
                 lr_schedule = f" -> {cfg.lr_end:g} from {cfg.lr_anneal_start:,} to {cfg.lr_anneal_frames:,} frames"
@@ -510,58 +436,90 @@ class Trainer:
                 f"checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
                 flush=True,
             )
-            while self.stop_reason is None:
-                if serial_worker is not None:
-                    serial_worker.train_step()
-                    self._drain(timeout=0.0)
-                else:
-                    self._drain(timeout=0.25)
-                    self._check_workers()
-                now = time.monotonic()
-                self._check_skipped(now)
-                self._check_stop(now - session_start)
-                if now - last_save >= cfg.save_interval_s:
-                    self.save()
-                    last_save = last_health = now
-                elif now - last_health >= HEALTH_INTERVAL_S:
-                    self.check_health()
-                    last_health = now
-                if now - last_print >= (1.0 if tty else 10.0):
-                    frames = self.shared.frames.value
-                    rate_window.append((now, frames))
-                    while len(rate_window) > 2 and now - rate_window[0][0] > 10.0:
-                        rate_window.popleft()
-                    (t0, f0) = rate_window[0]
-                    fps = (frames - f0) / (now - t0) if now > t0 else 0.0
-                    lr = scheduled_lr(cfg, frames)
-                    self._to_tensorboard(frames, {"perf/frames_per_s": fps, "train/lr": lr})
-                    line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
-                    print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
-                    last_print = now
+            self._loop(serial_worker)
         finally:
             signal.signal(signal.SIGTERM, previous_term)
-            if tty:
-                print()
             # A second Ctrl-C during shutdown stops at once; the checkpoint on disk is the last complete one.
-            if serial_worker is not None:
-                serial_worker.close()
-            self._stop_workers()
-            self.save()
-            self.metrics.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            saved = self._shut_down(serial_worker)
             signal.signal(signal.SIGINT, previous_int)
         games = (
             f"{self.metrics.games} games, average of last 100 {self.metrics.avg100:.2f}, best {self.metrics.best_avg:.2f}"
             if self.metrics.games
             else "no game finished yet"
         )
+        where = (
+            f"Saved {cfg.checkpoint_path} and {cfg.plot_path}" if saved else f"{cfg.checkpoint_path} is the last save"
+        )
         print(
-            f"a3c: stopped: {self.stop_reason}. {int(self.shared.frames.value):,} frames, {games}. "
-            f"Saved {cfg.checkpoint_path} and {cfg.plot_path}",
-            flush=True,
+            f"a3c: stopped: {self.stop_reason}. {self.shared.counters.frames():,} frames, {games}. {where}", flush=True
         )
         return self.exit_status
+
+    def _loop(self, serial_worker: Worker | None) -> None:
+        """Take records, watch the children and the shared model, save, and show progress until a stop condition."""
+        cfg = self.cfg
+        tty = sys.stdout.isatty()
+        session_start = time.monotonic()
+        last_save = last_print = last_health = session_start
+        rate_window: deque[tuple[float, int]] = deque([(session_start, self.shared.counters.frames())])
+        while self.stop_reason is None:
+            if serial_worker is not None:
+                serial_worker.train_step()
+                self._drain(timeout=0.0)
+            else:
+                self._drain(timeout=0.25)
+            now = time.monotonic()
+            self._check_skipped(now)
+            self._check_stop(now - session_start)
+            if now - last_save >= cfg.save_interval_s:
+                self.save()
+                last_save = last_health = now
+            elif now - last_health >= HEALTH_INTERVAL_S:
+                self.check_health()
+                last_health = now
+            if now - last_print >= (1.0 if tty else 10.0):
+                frames = self.shared.counters.frames()
+                rate_window.append((now, frames))
+                while len(rate_window) > 2 and now - rate_window[0][0] > 10.0:
+                    rate_window.popleft()
+                (t0, f0) = rate_window[0]
+                fps = (frames - f0) / (now - t0) if now > t0 else 0.0
+                self._to_tensorboard(frames, {"perf/frames_per_s": fps, "train/lr": scheduled_lr(cfg, frames)})
+                line = self.metrics.progress_line(frames, fps, self._elapsed(), cfg.max_frames)
+                print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", flush=True)
+                last_print = now
+        if tty:
+            print()
+
+    def _start_fleet(self) -> None:
+        self.group.start()
+
+    def _stop_fleet(self) -> None:
+        for record in self.group.stop():
+            self._take(record)
+
+    def _shut_down(self, serial_worker: Worker | None) -> bool:
+        """Stop the children, take their last records, save, close the files: each step on its own, so that no
+        failure of one (a full disk under the CSV, say) costs the final checkpoint. True if the checkpoint was saved."""
+        steps = [
+            ("stopping the workers", self._stop_fleet),
+            ("closing the serial worker", serial_worker.close if serial_worker is not None else None),
+            ("taking the last records", lambda: self._drain(timeout=0.0)),
+        ]
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - logged; the save below must still happen
+                log.exception("failed while %s; saving the checkpoint all the same", what)
+        saved = self.save()
+        for close in (self.metrics.close, self.tensorboard.close if self.tensorboard else None, self.shared.close):
+            if close is not None:
+                with contextlib.suppress(OSError):
+                    close()
+        self.run_lock.release()
+        return saved
 
 
 def train(cfg: Config) -> int:

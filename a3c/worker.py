@@ -14,19 +14,22 @@ from a3c.learners import Rollout, make_learner
 from a3c.losses import LossTerms
 from a3c.messages import GameResult, WorkerStats
 from a3c.model import build_model, sample_actions
-from a3c.processes import SharedState, child_process, trainer_alive
+from a3c.processes import Outbox, SharedState, child_process, trainer_alive
 from a3c.shared_optim import hand_over_gradients, scheduled_lr, set_lr
 
 STATS_INTERVAL_S = 5.0
+FRAMES, UPDATES, SKIPPED = 0, 1, 2  # the columns of a worker's counter row (processes.Counters)
 
 
 class Worker:
     """The A3C loop for one rank, over cfg.envs_per_worker games stepped in lockstep (1 = the paper's)."""
 
-    def __init__(self, rank: int, cfg: Config, shared: SharedState):
+    def __init__(self, rank: int, cfg: Config, shared: SharedState, outbox: Outbox):
         self.rank = rank
         self.cfg = cfg
         self.shared = shared
+        self.outbox = outbox
+        self.counts = shared.counters.row(rank)  # this worker's own row: it alone writes it
         self.shared_params = list(shared.model.parameters())
         # Gradients are handed to shared_model.parameters(); the optimizer must step those very tensors.
         assert all(p is q for p, q in zip(self.shared_params, shared.optimizer.param_groups[0]["params"], strict=True))
@@ -55,7 +58,7 @@ class Worker:
 
     def sync(self) -> None:
         """Copy the shared weights into the local model (the paper's 'synchronize thread-specific parameters')."""
-        self.synced_updates = self.shared.updates.value
+        self.synced_updates = self.shared.counters.updates()
         with torch.no_grad():
             for local, shared in zip(self.params, self.shared_params, strict=True):
                 local.copy_(shared)
@@ -134,8 +137,8 @@ class Worker:
         episode = info.get("episode")
         if episode is None:
             return
-        frames = self.shared.frames.value + frames_done
-        self.shared.results.put(GameResult(self.rank, float(episode["r"]), int(episode["l"]), int(frames)))
+        frames = self.shared.counters.frames() + frames_done
+        self.outbox.send(GameResult(self.rank, float(episode["r"]), int(episode["l"]), int(frames)))
 
     def update(self, rollout: Rollout) -> LossTerms | None:
         """The learner's gradients of the rollout's loss, clipped, stepped by the shared optimizer. None if the
@@ -155,24 +158,17 @@ class Worker:
             torch.nn.utils.clip_grads_with_norm_(self.params, cfg.max_grad_norm, grad_norm)
         if not (torch.isfinite(loss.total) and torch.isfinite(grad_norm)):
             # A non-finite update would poison the shared model for every worker: drop it and count it.
-            with self.shared.skipped_updates.get_lock():
-                self.shared.skipped_updates.value += 1
+            self.counts[SKIPPED] += 1
             return None
         hand_over_gradients(self.model, self.shared.model)
-        set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.frames.value))  # cfg.lr without a schedule
-        lock = (
-            self.shared.step_lock.held_by(self.rank, self.keep_going) if cfg.lock_step else contextlib.nullcontext(True)
-        )
-        with lock as held:
-            if not held:
-                return None  # the run ended while we waited: nothing to step for
+        set_lr(self.shared.optimizer, scheduled_lr(cfg, self.shared.counters.frames()))  # cfg.lr without a schedule
+        with self.shared.step_lock.held() if cfg.lock_step else contextlib.nullcontext(True):
             self.shared.optimizer.step()
             # Counted as it lands, so that a sync after it sees it. Staleness: how many updates the shared weights
             # took between the copy this gradient was taken at and this step, the other workers' (about
             # n_workers - 1 a rollout; fewer with fresh_gradients).
-            with self.shared.updates.get_lock():
-                self.loss_sums["staleness"] += self.shared.updates.value - self.synced_updates
-                self.shared.updates.value += 1
+            self.loss_sums["staleness"] += self.shared.counters.updates() - self.synced_updates
+            self.counts[UPDATES] += 1
         for p in self.shared_params:
             p.grad = None
         return loss
@@ -187,8 +183,7 @@ class Worker:
         t2 = clock()
         loss = self.update(rollout)
         t3 = clock()
-        with self.shared.frames.get_lock():
-            self.shared.frames.value += self.cfg.rollout_len * len(self.envs) * self.frame_skip
+        self.counts[FRAMES] += self.cfg.rollout_len * len(self.envs) * self.frame_skip
         if loss is not None:
             self.loss_sums["policy_loss"] += float(loss.policy)
             self.loss_sums["value_loss"] += float(loss.value)
@@ -201,7 +196,7 @@ class Worker:
         if t4 - self.last_stats >= STATS_INTERVAL_S:
             count = self.loss_count
             losses = {k: v / count for k, v in self.loss_sums.items()} | {"updates": count} if count else {}
-            self.shared.results.put(WorkerStats(self.rank, self.agent_steps, dict(self.seconds), losses))
+            self.outbox.send(WorkerStats(self.rank, self.agent_steps, dict(self.seconds), losses))
             self.loss_sums = dict.fromkeys(self.loss_sums, 0.0)
             self.loss_count = 0
             self.last_stats = t4
@@ -221,10 +216,11 @@ class Worker:
             env.close()
 
 
-def run_worker(rank: int, cfg: Config, shared: SharedState) -> None:
-    """Entry point of a worker process."""
-    with child_process(rank, shared):
-        worker = Worker(rank, cfg, shared)
+def run_worker(rank: int, cfg: Config, shared: SharedState, outbox: Outbox) -> None:
+    """Entry point of a worker process: outbox is its own end of a pipe to the trainer."""
+    with child_process(rank, outbox):
+        shared.step_lock.open()
+        worker = Worker(rank, cfg, shared, outbox)
         try:
             worker.run()
         finally:

@@ -100,7 +100,7 @@ def main() -> None:
         "exit_status": status,
         "games": len(columns.get("score", [])),
         "frames": int(columns["frames"][-1]) if columns.get("frames") else 0,  # when the last game ended
-        "frames_trained": int(trainer.shared.frames.value),  # when training stopped
+        "frames_trained": trainer.shared.counters.frames(),  # when training stopped
         "max_frames": cfg.max_frames,
         "seconds": round(columns["time_s"][-1], 1) if columns.get("time_s") else 0.0,
         "final_avg100": columns["avg100"][-1] if columns.get("avg100") else None,

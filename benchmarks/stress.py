@@ -56,9 +56,9 @@ def watch(trainer: Trainer, stop: threading.Event, seconds: float, poison_after:
     first_frame_at = None
     while not stop.wait(0.5):
         report["peak_moment_ratio"] = max(report["peak_moment_ratio"], moment_ratio(trainer.optimizer))
-        if first_frame_at is None and trainer.shared.frames.value > 0:
+        if first_frame_at is None and trainer.shared.counters.frames() > 0:
             first_frame_at = time.monotonic()
-            report["frames_at_start"] = int(trainer.shared.frames.value)
+            report["frames_at_start"] = trainer.shared.counters.frames()
         if first_frame_at is not None and time.monotonic() - first_frame_at >= seconds and not report["ended"]:
             report["ended"] = True
             os.kill(os.getpid(), signal.SIGTERM)
@@ -67,7 +67,7 @@ def watch(trainer: Trainer, stop: threading.Event, seconds: float, poison_after:
                 weight = next(p for p in trainer.model.parameters() if p.dim() >= 2)
                 with torch.no_grad():
                     weight.view(-1)[:10] = float("nan")
-                report["poisoned_at_frames"] = int(trainer.shared.frames.value)
+                report["poisoned_at_frames"] = trainer.shared.counters.frames()
 
 
 def main() -> None:
@@ -110,7 +110,7 @@ def main() -> None:
             stop.set()
             watcher.join()
         seconds = args.minutes * 60
-        updates = int(trainer.shared.updates.value)
+        updates = trainer.shared.counters.updates()
         summary = {
             "env_name": cfg.env_name,
             "n_workers": cfg.n_workers,
@@ -120,10 +120,10 @@ def main() -> None:
             "lr": cfg.lr,
             "exit_status": status,
             "stop_reason": trainer.stop_reason,
-            "frames": int(trainer.shared.frames.value),
+            "frames": trainer.shared.counters.frames(),
             "updates": updates,
             "updates_per_s": round(updates / seconds, 1),  # the few before the first frame counted are noise
-            "skipped_updates": int(trainer.shared.skipped_updates.value),
+            "skipped_updates": trainer.shared.counters.totals().skipped_updates,
             "poisoned_at_frames": report["poisoned_at_frames"],
             "rollbacks": trainer.rollbacks,
             "damage": [f"{what} at {frames:,} frames" for frames, what in trainer.damage_seen],

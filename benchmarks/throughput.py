@@ -94,19 +94,19 @@ def measure_training(cfg, seconds: float, warmup: float) -> dict:
     memory: dict[str, float] = {}
 
     def monitor() -> None:
-        shared = trainer.shared
-        while shared.frames.value == trainer.counters["frames"] and not shared.stop.is_set():
+        counters = trainer.shared.counters
+        while counters.frames() == trainer.counters["frames"] and trainer.stop_reason is None:
             time.sleep(0.05)  # start-up: spawning, imports, env creation
         time.sleep(warmup)
-        marks["start"] = (time.monotonic(), shared.frames.value, shared.updates.value)
+        marks["start"] = (time.monotonic(), counters.frames(), counters.updates())
         time.sleep(seconds)
-        marks["end"] = (time.monotonic(), shared.frames.value, shared.updates.value)
+        marks["end"] = (time.monotonic(), counters.frames(), counters.updates())
         import os
 
         memory["parent"] = uss_mib(os.getpid())
-        for rank, process in trainer.processes.items():
+        for rank, child in trainer.group.children.items():
             try:
-                memory[f"worker-{rank}"] = uss_mib(process.pid)
+                memory[f"worker-{rank}"] = uss_mib(child.process.pid)
             except OSError:
                 pass
         trainer._request_stop("benchmark finished")

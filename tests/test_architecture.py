@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "a3c"
 
 MATHS = {"a3c.losses", "a3c.model", "a3c.shared_optim", "a3c.learners"}  # and a3c.learners.*
-FILE_WRITERS = {"a3c.metrics", "a3c.checkpoint", "a3c.plotting", "a3c.evaluate", "a3c.trainer"}
+FILE_WRITERS = {"a3c.metrics", "a3c.checkpoint", "a3c.plotting", "a3c.evaluate", "a3c.trainer", "a3c.run_files"}
 
 # Each module and the a3c modules it may import: the direction is config -> games and maths -> messages and
 # processes -> worker and evaluator -> trainer -> cli. A new module gets a row here and in docs/architecture.md.
@@ -59,29 +59,32 @@ ALLOWED: dict[str, set[str]] = {
         "a3c.model",
         "a3c.processes",
     },
+    "a3c.run_files": {"a3c.config"},
+    "a3c.fleet": {"a3c.config", "a3c.evaluate", "a3c.model", "a3c.processes", "a3c.worker"},
     "a3c.trainer": {
         "a3c.checkpoint",
         "a3c.config",
         "a3c.envs",
-        "a3c.evaluate",
+        "a3c.fleet",
         "a3c.learners",
         "a3c.messages",
         "a3c.metrics",
         "a3c.model",
         "a3c.plotting",
         "a3c.processes",
+        "a3c.run_files",
         "a3c.shared_optim",
         "a3c.worker",
     },
     "a3c.cluster": {
         "a3c.config",
         "a3c.envs",
+        "a3c.fleet",
         "a3c.messages",
         "a3c.model",
         "a3c.processes",
         "a3c.shared_optim",
         "a3c.trainer",
-        "a3c.worker",
     },
     "a3c.cli": {"a3c.checkpoint", "a3c.config", "a3c.model", "a3c.evaluate", "a3c.trainer", "a3c.cluster"},
 }

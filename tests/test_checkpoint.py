@@ -35,7 +35,7 @@ def make_payload(model: ActorCritic, frames: int = 100) -> dict:
         "env_name": "CartPole-v1",
         "model_spec": dict(SPEC),
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "optimizer": {"name": "adam", "state": {}},
+        "optimizer": {"name": "adam", "state": torch.optim.Adam(model.parameters()).state_dict()},
         "counters": {"frames": frames, "updates": 5, "skipped_updates": 0, "elapsed_s": 1.5, "games": 1},
         "history": {"names": ["score"], "columns": [[1.0, 2.0]]},
     }

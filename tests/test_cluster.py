@@ -93,13 +93,11 @@ def test_a_host_starts_a_dead_worker_again_until_it_keeps_dying():
             events, records = events + report.events, records + report.records
     finally:
         host.halt.set()
-        host.shared.stop.set()
-        for process in host.processes.values():
-            process.join(timeout=10)
+        host.group.stop()
     assert sum(e == "host 0: worker-3 died (exit code 1); started again" for e in events) == 4, events
     assert events[-1] == "host 0: worker-3 died 5 times in 10 minutes; not started again", events
     assert sum(isinstance(r, WorkerFailure) and r.worker == 3 for r in records) == 5
-    assert host.processes == {}
+    assert host.group.children == {}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -105,6 +105,7 @@ def test_killed_worker_is_replaced_and_training_goes_on(tmp_path: Path):
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: "died (exit code -9)" in read_log(logs)[1], 10, "the parent to notice the dead worker")
     wait_for(lambda: len(set(worker_pids(proc.pid)) - {victim}) == 2, 30, "a replacement worker")
+    wait_for(checkpoint_of(tmp_path).exists, 30, "a periodic checkpoint")
     frames_then = load_checkpoint(checkpoint_of(tmp_path))["counters"]["frames"]
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
@@ -156,7 +157,8 @@ def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path: Path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     assert trainer.run() == EXIT_FAILED
     assert "non-finite" in trainer.stop_reason
-    assert trainer.shared.skipped_updates.value >= 20 and trainer.shared.updates.value == 0
+    _, updates, skipped = trainer.shared.counters.totals()
+    assert skipped >= 20 and updates == 0
     payload = load_checkpoint(tmp_path / "ck" / "faulty_envs_NanRewardGame-v0.pt")
     for name, weights in payload["model"].items():
         assert torch.equal(weights, before[name]), name  # the saved model is the last good one: untouched
@@ -180,9 +182,10 @@ def test_skips_from_damaged_shared_weights_roll_back_instead_of_ending_the_run(t
     with torch.no_grad():
         next(trainer.model.parameters()).view(-1)[:3] = float("nan")
     assert trainer.run() == 0, trainer.stop_reason
-    assert trainer.shared.skipped_updates.value >= 20 and trainer.rollbacks == 1
+    assert trainer.shared.counters.totals().skipped_updates >= 20 and trainer.rollbacks == 1
     assert trainer.damage_seen[0][1].startswith("non-finite weights")
-    assert trainer.shared.updates.value > trainer.shared.skipped_updates.value  # it learned again after the rollback
+    _, updates, skipped = trainer.shared.counters.totals()
+    assert updates > skipped  # it learned again after the rollback
 
 
 SAVER = """
@@ -192,8 +195,10 @@ path, i = sys.argv[1], 0
 while True:
     i += 1
     # ~8 MB per save, so a kill often lands inside a write; the counter says which save a file holds
-    payload = {"format": FORMAT, "version": VERSION, "env_name": "Game", "model_spec": {}, "optimizer": {},
-               "model": {"weights": torch.full((2_000_000,), float(i))}, "counters": {"i": i}, "history": {}}
+    payload = {"format": FORMAT, "version": VERSION, "env_name": "Game", "model_spec": {},
+               "optimizer": {"name": "adam", "state": {"state": {}, "param_groups": []}},
+               "model": {"weights": torch.full((2_000_000,), float(i))}, "counters": {"i": i},
+               "history": {"names": [], "columns": []}}
     save_checkpoint(payload, path)
     print(i, flush=True)
 """

@@ -233,7 +233,7 @@ def worker_updates_match_autograd(tmp_path: Path, updates: int, **settings: obje
     layout, which the fused Adam step relies on) against autograd on the rollout it collected."""
     trainer = Trainer(build_config(_settings(tmp_path, max_grad_norm=1e9, **settings)))  # 1e9: no clipping
     assert trainer.cfg.learner == settings["learner"]
-    worker = Worker(0, trainer.cfg, trainer.shared)
+    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
     rollouts = []
     try:
         for _ in range(updates):
@@ -272,7 +272,7 @@ def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path:
     settings = _settings(tmp_path, env_name="CartPole-v1", max_grad_norm=1e9, fresh_gradients=True)
     trainer = Trainer(build_config(settings))
     assert trainer.cfg.learner == "autograd"
-    worker = Worker(0, trainer.cfg, trainer.shared)
+    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
@@ -300,11 +300,11 @@ def test_staleness_counts_the_updates_between_the_gradients_weights_and_its_step
     at and its step. Three land during the rollout: a gradient at the rollout's weights counts them, a fresh one
     (taken after them) does not."""
     trainer = Trainer(build_config(_settings(tmp_path, env_name="CartPole-v1", fresh_gradients=fresh)))
-    worker = Worker(0, trainer.cfg, trainer.shared)
+    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
-        trainer.shared.updates.value += 3  # three other workers' steps meanwhile
+        trainer.shared.counters.row(-1)[1] += 3  # three other workers' steps meanwhile (the owner's row)
         assert worker.update(rollout) is not None
         assert worker.loss_sums["staleness"] == (0 if fresh else 3)
     finally:
@@ -319,7 +319,7 @@ def test_worker_update_clips_the_gradient_norm(tmp_path: Path, learner: str, max
     trainer = Trainer(
         build_config(_settings(tmp_path, env_name="CartPole-v1", max_grad_norm=max_grad_norm, learner=learner))
     )
-    worker = Worker(0, trainer.cfg, trainer.shared)
+    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
@@ -361,7 +361,7 @@ def test_serial_training_through_either_learner_ends_at_the_same_weights(tmp_pat
         trainer = Trainer(cfg)
         start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
         assert trainer.run() == 0
-        assert trainer.shared.updates.value == 6 and trainer.shared.skipped_updates.value == 0
+        assert trainer.shared.counters.totals()[1:] == (6, 0)
         weights[learner] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     moved = torch.linalg.vector_norm(weights["autograd"] - start)
     assert moved > 0

@@ -18,6 +18,7 @@ from a3c.config import Config, build_config
 from a3c.envs import env_spaces
 from a3c.metrics import COLUMNS, LOSS_COLUMNS, GameResult, Metrics, SideLog, read_csv
 from a3c.model import build_model
+from a3c.processes import StepLock
 from a3c.trainer import Trainer
 
 PONG = "PongNoFrameskip-v4"
@@ -87,7 +88,7 @@ def test_lr_is_annealed_by_the_frame_count(tmp_path: Path):
     cfg = serial_cfg(tmp_path, "anneal", lr=1e-3, lr_end=1e-4, lr_anneal_frames=1000)
     trainer = Trainer(cfg)
     assert trainer.run() == 0
-    assert trainer.shared.frames.value >= 2000
+    assert trainer.shared.counters.frames() >= 2000
     assert [group["lr"] for group in trainer.optimizer.param_groups] == [pytest.approx(1e-4)]
 
 
@@ -166,7 +167,7 @@ def write_mismatched_checkpoint(tmp_path: Path) -> Config:
         "env_name": cfg.env_name,
         "model_spec": spec,
         "model": weights,
-        "optimizer": {"name": cfg.opt, "state": {}},
+        "optimizer": {"name": cfg.opt, "state": torch.optim.Adam(model.parameters()).state_dict()},
         "counters": {"frames": 0, "updates": 0, "skipped_updates": 0, "elapsed_s": 0.0, "games": 0},
         "history": Metrics(cfg.csv_path).state(),
     }
@@ -207,6 +208,7 @@ def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe
         del payload["model_spec"][key]
     payload["config"]["lr"] = 1e-4
     save_checkpoint(payload, old.cfg.checkpoint_path)
+    old.close()  # its run is over: the lock on the run's files goes with it
 
     resumed = Trainer(build_config({"env_name": PONG, "n_workers": 1, "use_trained": True, **dirs}))
     assert {name: getattr(resumed.cfg, name) for name in paper} == paper
@@ -232,6 +234,7 @@ def test_a_resumed_run_steps_with_its_own_optimizer_settings(tmp_path: Path):
         p.grad = torch.ones_like(p)
     old.optimizer.step()
     save_checkpoint(old.payload(), old.cfg.checkpoint_path)
+    old.close()
 
     asked = {"lr": 2e-4, "adam_beta1": 0.0, "adam_eps": 1e-5}
     resumed = Trainer(build_config({**dirs, **asked, "use_trained": True}))
@@ -313,7 +316,8 @@ def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(
     sound = weight.detach().clone()
     with torch.no_grad():
         weight[0, 0] = float("nan")
-    lock = trainer.shared.step_lock.held_by(rank=0)
+    worker_handle = StepLock(trainer.shared.step_lock.path)  # a handle of its own, as a worker process opens
+    lock = worker_handle.held()
     lock.__enter__()  # a worker "in its step": the trainer's confirmation waits for it
     result: list[bool] = []
     checker = threading.Thread(target=lambda: result.append(trainer.check_health()))
