@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from a3c import run_files
 from a3c.checkpoint import STOPPED_AT_ONCE, CheckpointError
 from a3c.config import LEARNERS, LR_FULL_WORKERS, OPTIMIZERS, Config, ConfigError, build_config, default_lr
 from a3c.model import CONV_TRUNKS
@@ -188,6 +189,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="workers on each host (0 = the CPUs Ray counts on that node)",
     )
     cluster.add_argument(
+        "--allow-open-cluster",
+        dest="allow_open_cluster",
+        action="store_true",
+        help="train on a Ray cluster that accepts clients without a token (refused otherwise: anyone who reaches it "
+        "can run code on every node); only on a network no one else can reach",
+    )
+    cluster.add_argument(
         "--exchange-interval",
         dest="exchange_interval_s",
         type=float,
@@ -218,7 +226,7 @@ def make_parser() -> argparse.ArgumentParser:
         if (
             action.help
             and hasattr(defaults, action.dest)
-            and action.dest not in ("use_trained", "start_over", "serial", "evaluate")
+            and action.dest not in ("use_trained", "start_over", "serial", "evaluate", "allow_open_cluster")
         ):
             action.help += f" (default: {getattr(defaults, action.dest)})"
     return p
@@ -253,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = checkpoint or cfg.checkpoint_path
             evaluation.evaluate_checkpoint(cfg, checkpoint, record)
             return 0
+        if not plot_only:
+            # Before torch and the ALE load: a run that must refuse (another run on these files, or an earlier run
+            # that neither --use-trained nor --start-over deals with) says so at once. The trainer asks again, under
+            # the lock.
+            run_files.check_no_live_run(cfg)
+            run_files.check_no_earlier_run(cfg)
         if cfg.ray_address is not None and not plot_only:
             from a3c import cluster  # only here: a local run never imports Ray
 

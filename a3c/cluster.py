@@ -34,7 +34,8 @@ from a3c.trainer import EXIT_FAILED, Trainer
 
 try:
     import ray
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError:  # the CLI turns this into one line: install the extra
     ray = None
@@ -42,7 +43,8 @@ except ImportError:  # the CLI turns this into one line: install the extra
 log = logging.getLogger(__name__)
 
 POLL_WAIT_S = 0.5  # a host's poll waits this long for its first record: a long poll, not a busy loop
-STOP_WAIT_S = 60.0  # the longest the driver waits for a host to stop its workers and send its last delta
+STOP_WAIT_S = 60.0
+TOKEN_PROBE_S = 10.0  # how long the unauthenticated request to the head may take  # the longest the driver waits for a host to stop its workers and send its last delta
 
 
 def flat_weights(model: nn.Module) -> torch.Tensor:
@@ -107,6 +109,7 @@ class HostReport(NamedTuple):
     bytes_sent: int
     bytes_received: int
     events: list[str]
+    global_model_gone: bool  # its exchange found the GlobalModel actor dead
 
 
 class HostGroup:
@@ -144,6 +147,7 @@ class HostGroup:
         self.statistics = self._statistics_copy()
         self.exchanges = self.bytes_sent = self.bytes_received = 0
         self.events: list[str] = []
+        self.global_model_gone = False
         self.group = WorkerGroup(cfg, self.shared, ranks)
         self.group.start()
         self.halt = threading.Event()
@@ -160,8 +164,9 @@ class HostGroup:
         while not self.halt.wait(self.cfg.exchange_interval_s):
             try:
                 self.exchange()
-            except RayError as error:  # the global model is gone: the driver is, too
+            except RayError as error:  # nowhere to send progress to: stop the workers and tell the driver
                 self.events.append(f"host {self.host}: the global model is gone ({type(error).__name__}); stopping")
+                self.global_model_gone = True
                 self.shared.stop.set()
                 return
 
@@ -215,6 +220,7 @@ class HostGroup:
             self.bytes_sent,
             self.bytes_received,
             events,
+            self.global_model_gone,
         )
 
     def stop(self) -> HostReport:
@@ -273,6 +279,7 @@ class ClusterTrainer(Trainer):
         self.reports: dict[int, HostReport] = {}
         self.polls: dict[Any, int] = {}  # pending poll -> host index
         self.started_at = time.monotonic()
+        self.pulled_at_frames = self.session_start.frames  # the frames of the global weights this driver holds
 
     def _start_fleet(self) -> None:
         super()._start_fleet()
@@ -319,6 +326,8 @@ class ClusterTrainer(Trainer):
     def _take_report(self, report: HostReport) -> None:
         for line in report.events:
             print(f"a3c: {line}", file=sys.stderr, flush=True)
+        if report.global_model_gone:
+            self._lose_global_model(f"host {report.host} could not exchange with it")
         self.reports[report.host] = report
         reports = self.reports.values()
         # The driver's own row holds the cluster's totals: no worker here writes another.
@@ -333,7 +342,7 @@ class ClusterTrainer(Trainer):
 
     def _lose_host(self, host: int, error: Exception) -> None:
         self.hosts.pop(host, None)
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        first = _first_line(error)
         then = (
             "while stopping: its last delta is lost"
             if self.stop_reason is not None
@@ -347,12 +356,16 @@ class ClusterTrainer(Trainer):
     def _pull(self, statistics: bool) -> None:
         """The global weights into this process's model (what the trainer checks, saves and evaluates), and, with
         statistics, the first live host's optimizer statistics."""
-        try:
-            weights, _, _ = ray.get(self.global_model.get.remote(), timeout=STOP_WAIT_S)
-        except (RayError, GetTimeoutError) as error:
-            log.error("could not read the global model (%s); keeping the weights read last", error)
-            return
-        copy_weights(self.model, torch.from_numpy(np.array(weights)))
+        if self.global_model is not None:
+            try:
+                weights, frames, _ = ray.get(self.global_model.get.remote(), timeout=STOP_WAIT_S)
+            except (RayActorError, ActorDiedError) as error:
+                self._lose_global_model(str(error).strip().splitlines()[0][:200] if str(error).strip() else "")
+            except (RayError, GetTimeoutError) as error:
+                log.error("could not read the global model (%s); keeping the weights read last", error)
+            else:
+                copy_weights(self.model, torch.from_numpy(np.array(weights)))
+                self.pulled_at_frames = int(frames)
         for handle in list(self.hosts.values()) if statistics else []:
             try:
                 state = ray.get(handle.optimizer_state.remote(), timeout=STOP_WAIT_S)
@@ -363,14 +376,27 @@ class ClusterTrainer(Trainer):
             self.optimizer.share_memory()
             return
 
+    def _lose_global_model(self, why: str) -> None:
+        """The GlobalModel actor is dead (its process killed, its node gone): no host can exchange any more, so the
+        run ends, saving the global weights this driver read last."""
+        if self.global_model is None:
+            return
+        self.global_model = None
+        print(
+            f"a3c: the global model is gone ({why}); stopping with the global weights read last, "
+            f"at {self.pulled_at_frames:,} frames",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._request_stop("the global model is gone", EXIT_FAILED)
+
     def check_health(self) -> bool:
         self._pull(statistics=False)
         return super().check_health()
 
-    def save(self) -> None:
-        if self.global_model is not None:
-            self._pull(statistics=True)
-        super().save()
+    def save(self) -> bool:
+        self._pull(statistics=True)
+        return super().save()
 
     def _roll_back(self, damage: str) -> None:
         super()._roll_back(damage)
@@ -403,18 +429,71 @@ class ClusterTrainer(Trainer):
             )  # fmt: skip
 
 
+def token_required(address: str) -> bool | None:
+    """Whether the cluster's GCS at address (host:port) refuses a request that carries no token: True (token
+    authentication is on), False (it answers anyone who reaches the port, who can then run code on every node), or
+    None (it could not be asked; joining will say why)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=TOKEN_PROBE_S)
+        except grpc.RpcError as error:
+            return True if error.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return False
+
+
+def cluster_address(given: str) -> str:
+    """host:port of the head: as given, or for "auto" RAY_ADDRESS or the cluster `ray start` last started here.
+    Ray's own resolution is asked only for that last case: it looks for this host's address on the way, which on a
+    network without a route out prints a warning of its own."""
+    if given != "auto":
+        return given
+    return os.environ.get("RAY_ADDRESS") or canonicalize_bootstrap_address_or_die("auto")
+
+
+def join_cluster(cfg: Config) -> None:
+    """ray.init on the cluster at cfg.ray_address, which must ask for a token unless cfg.allow_open_cluster; every
+    way this fails is a ConfigError of one line."""
+    try:
+        address = cluster_address(cfg.ray_address)
+    except (ConnectionError, ValueError) as error:
+        raise ConfigError(
+            f"no Ray cluster at {cfg.ray_address} ({_first_line(error)}); start one (docs/cluster.md)"
+        ) from None
+    required = token_required(address)
+    if required is False and not cfg.allow_open_cluster:
+        raise ConfigError(
+            f"the Ray cluster at {address} answers clients without a token: anyone who reaches it can run code on "
+            "every node. Start it with token authentication (RAY_AUTH_MODE=token, docs/cluster.md), or pass "
+            "--allow-open-cluster on a network no one else can reach"
+        )
+    if required:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # this driver sends the token (RAY_AUTH_TOKEN or the file)
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError, RayError) as error:
+        token = (
+            ": it asks for a token, so give this host the cluster's own (RAY_AUTH_TOKEN, or ~/.ray/auth_token as "
+            "`ray get-auth-token` writes it)"
+            if required
+            else ""
+        )
+        raise ConfigError(f"cannot join the Ray cluster at {address} ({_first_line(error)}){token}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def train_on_cluster(cfg: Config) -> int:
     """Join the Ray cluster at cfg.ray_address, put a host group on each live node, train; the exit status."""
     if ray is None:
         raise ConfigError("--ray-address needs Ray here and on every host: pip install -e '.[cluster]'")
-    try:
-        ray.init(address=cfg.ray_address, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"cannot join the Ray cluster at {cfg.ray_address} ({first}); start one with `ray start --head` "
-            "and give its address"
-        ) from None
+    join_cluster(cfg)
     try:
         nodes = cluster_nodes(cfg)
         trainer = ClusterTrainer(cfg.replace(n_workers=sum(n.workers for n in nodes)), nodes)

@@ -120,6 +120,9 @@ class Config:
     ray_address: str | None = None
     workers_per_host: int = 0
     exchange_interval_s: float = 1.0
+    # A cluster that answers clients without a token lets anyone who reaches it run code on every node: refused
+    # unless the user says the network is theirs alone (docs/cluster.md).
+    allow_open_cluster: bool = False
 
     # Evaluation (--evaluate, and the evaluator process of a run when eval_interval_s > 0) and TensorBoard.
     eval_interval_s: float = 0.0

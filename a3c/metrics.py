@@ -249,11 +249,15 @@ class Metrics:
 
 
 def read_csv(path: str | Path) -> dict[str, list[float]]:
-    """The per-game CSV as columns of floats."""
+    """The per-game CSV as columns of floats. A row cut short (a full disk, a crash mid-write) is left out."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
         for row in reader:
-            for name, value in row.items():
-                columns[name].append(float(value))
+            try:
+                values = {name: float(value) for name, value in row.items()}
+            except (TypeError, ValueError):  # a missing field (None), a number cut in half, or extra fields
+                continue
+            for name, value in values.items():
+                columns[name].append(value)
     return columns

@@ -40,18 +40,26 @@ class RunLock:
     the run goes on. The kernel drops it when the run's process dies, however it dies, so a lock is never left
     behind; the file itself stays (removing it would let two runs lock two different files)."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, create: bool = True):
+        """Lock the run's files (ConfigError if another run holds them). With create=False, only where a lock file
+        exists already, and only to ask: the locks are let go at once (check_no_live_run)."""
         self.fds: list[int] = []
         try:
             for folder in run_file_names(cfg):
-                folder.mkdir(parents=True, exist_ok=True)
-                self._lock(folder / f".{cfg.run_name}.lock", cfg)
+                if create:
+                    folder.mkdir(parents=True, exist_ok=True)
+                self._lock(lock_path(folder, cfg), cfg, create)
         except BaseException:
             self.release()
             raise
 
-    def _lock(self, path: Path, cfg: Config) -> None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _lock(self, path: Path, cfg: Config, create: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+        except OSError as error:
+            if not create:
+                return  # no run has ever held it (or the folder cannot exist: the trainer's own check says so)
+            raise ConfigError(f"cannot write to {path.parent} ({error.strerror}); choose another directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,8 +69,9 @@ class RunLock:
                 f"another run ({holder}) is training {cfg.env_name} with {path.parent}: wait for it to end or stop "
                 "it, or give this run its own --checkpoint-dir and --plot-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        if create:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
         self.fds.append(fd)
 
     def release(self) -> None:
@@ -70,6 +79,15 @@ class RunLock:
             with contextlib.suppress(OSError):
                 os.close(fd)  # closing the file drops its flock
         self.fds = []
+
+
+def lock_path(folder: Path, cfg: Config) -> Path:
+    return folder / f".{cfg.run_name}.lock"
+
+
+def check_no_live_run(cfg: Config) -> None:
+    """ConfigError if another run holds the run's files now; creates nothing."""
+    RunLock(cfg, create=False).release()
 
 
 def move_aside(cfg: Config) -> list[Path]:
@@ -115,7 +133,10 @@ def check_no_earlier_run(cfg: Config) -> list[Path]:
 def claim_run_files(cfg: Config) -> RunLock:
     """Lock the run's files for this run, and make sure it overwrites nothing: without cfg.use_trained, earlier
     files are refused (ConfigError), or moved aside with cfg.start_over. Returns the lock to release at the end."""
-    check_no_earlier_run(cfg)  # first without the lock, so that a refusal leaves not even the lock file behind
+    # First without taking the lock, so that a refusal leaves not even a lock file behind: another run that holds
+    # the files is named first (its files are no earlier run), then the files themselves.
+    check_no_live_run(cfg)
+    check_no_earlier_run(cfg)
     lock = RunLock(cfg)
     try:
         existing = check_no_earlier_run(cfg)  # again under the lock: another run may have begun meanwhile

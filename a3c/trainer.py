@@ -406,7 +406,7 @@ class Trainer:
         cfg = self.cfg
         try:
             plot_training(cfg.csv_path, cfg.plot_path, plot_title(cfg.env_name, cfg.n_workers, cfg.opt))
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - a plot is never worth a run: matplotlib fails in many ways
             log.error("could not draw %s: %s", cfg.plot_path, error)
 
     # -- the loop ------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ gets a Ctrl-C, which must end it within 15 s; then its checkpoint must load and 
 Each run starts afresh in a folder of its own, so games stay short and records many.
 
 Counted as failures: a hang (no progress or no report of the death within --patience seconds, or Ctrl-C not done
-within 15 s), an orphan (a process of the run alive 10 s after the trainer exited), an unloadable checkpoint, and a
-run that ended any other way. Prints a table; the last line is JSON.
+within 15 s), a false death (a killed fork server reported as dead workers: they live on), an orphan (a process of
+the run alive 10 s after the trainer exited), an unloadable checkpoint, and a run that ended any other way. Prints a
+table; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from a3c.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 
 CTRL_C_LIMIT_S = 15.0
 ORPHAN_GRACE_S = 10.0
+FALSE_DEATH_WAIT_S = 1.0  # after a killed fork server, how long to look for deaths the trainer should not report
 TARGETS = ("workers", "evaluator", "forkserver", "all")
 
 
@@ -146,7 +148,7 @@ def storm(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     counts = {kind: 0 for kind in ("workers", "evaluator", "forkserver")}
     failures: list[str] = []
-    hangs = orphans = unloadable = runs = death_rule_ends = 0
+    hangs = orphans = unloadable = runs = death_rule_ends = false_deaths = 0
     kills = 0
     with tempfile.TemporaryDirectory(prefix="a3c-killstorm-") as tmp:
         out = Path(tmp)
@@ -165,13 +167,11 @@ def storm(args: argparse.Namespace) -> dict:
                 run.proc.kill()
                 run.finish()
                 break
-            ended = False
             for _ in range(args.kills_per_run):
                 if kills >= args.kills:
                     break
                 time.sleep(rng.uniform(0.0, args.max_delay))
                 if run.proc.poll() is not None:
-                    ended = True
                     break
                 kinds = children_of(run.proc.pid, run.marker)
                 target = args.target
@@ -192,12 +192,12 @@ def storm(args: argparse.Namespace) -> dict:
                 counts[target] += 1
 
                 def went_on(run=run, target=target, deaths_before=deaths_before, games_before=games_before) -> bool:
+                    """The trainer reported the death (a dead fork server is nobody's death) and games keep coming;
+                    a worker not replaced shows as games that stop once the others are killed too."""
                     if run.proc.poll() is not None:
                         return True
                     reported = target == "forkserver" or run.err().count(" died (") > deaths_before
-                    kinds_now = children_of(run.proc.pid, run.marker)
-                    replaced = target != "workers" or len(kinds_now["workers"]) >= args.n_workers
-                    return reported and replaced and run.games() > games_before
+                    return reported and run.games() > games_before
 
                 if not wait_until(went_on, args.patience):
                     hangs += 1
@@ -205,8 +205,15 @@ def storm(args: argparse.Namespace) -> dict:
                     if args.dump_stacks:
                         dump_stacks(run, out / f"hang-run{runs}.txt")
                     break
+                if target == "forkserver":
+                    # Its workers live on, re-parented: none of them may be taken for dead, nor doubled.
+                    time.sleep(FALSE_DEATH_WAIT_S)
+                    if run.err().count(" died (") > deaths_before:
+                        false_deaths += 1
+                        failures.append(f"run {runs}: the fork server was killed and the trainer reported deaths")
+                    if not all(Path(f"/proc/{pid}").exists() for pid in kinds["workers"]):
+                        failures.append(f"run {runs}: a worker died with its fork server")
                 if run.proc.poll() is not None:
-                    ended = True
                     break
             # Ctrl-C, unless the run already ended (by the death rule) or hung.
             if run.proc.poll() is None:
@@ -222,11 +229,13 @@ def storm(args: argparse.Namespace) -> dict:
                     run.proc.wait()
                 else:
                     took = time.monotonic() - sent
-                    if run.proc.returncode != 130:
+                    if "died 5 times" in run.out_text():
+                        death_rule_ends += 1  # it ended by the death rule as the Ctrl-C went out
+                    elif run.proc.returncode != 130:
                         failures.append(f"run {runs}: Ctrl-C gave exit status {run.proc.returncode} ({took:.1f} s)")
             else:
                 status = run.proc.wait()
-                if ended and status == 1 and "died 5 times" in run.out_text():
+                if status == 1 and "died 5 times" in run.out_text():
                     death_rule_ends += 1
                 else:
                     failures.append(f"run {runs}: ended with status {status}: {run.err()[-300:]}")
@@ -261,6 +270,7 @@ def storm(args: argparse.Namespace) -> dict:
         "runs": runs,
         "ended_by_death_rule": death_rule_ends,
         "hangs": hangs,
+        "false_deaths": false_deaths,
         "orphans": orphans,
         "unloadable_checkpoints": unloadable,
         "failures": failures,
@@ -287,11 +297,13 @@ def main() -> None:
     summary = storm(args)
     summary["seconds"] = round(time.monotonic() - started, 1)
     print()
-    print("| target | kills | runs | ended by the death rule | hangs | orphans | unloadable checkpoints |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| target | kills | runs | ended by the death rule | hangs | false deaths | orphans | unloadable checkpoints |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {summary['target']} | {summary['kills']} | {summary['runs']} | {summary['ended_by_death_rule']} | "
-        f"{summary['hangs']} | {summary['orphans']} | {summary['unloadable_checkpoints']} |"
+        f"{summary['hangs']} | {summary['false_deaths']} | {summary['orphans']} | {summary['unloadable_checkpoints']} |"
     )
     for line in summary["failures"]:
         print(f"- {line}")

@@ -1,11 +1,13 @@
 """Run a command on a Ray cluster of this one machine, on loopback only: `python benchmarks/local_cluster.py
-[--nodes 2] [--cpus 1] -- COMMAND...`.
+[--nodes 2] [--cpus 1] [--no-auth] -- COMMAND...`.
 
 Ray advertises the machine's interface address even when told 127.0.0.1, so the cluster runs in fresh network and
 process namespaces (unshare, as root): only loopback exists there, and `ray stop` sees only this cluster's
 processes. Each node gets its own temp dir and --num-cpus. The command runs inside, with RAY_ADDRESS set to the
 head and A3C_RAY_NODE_DIRS to the nodes' temp dirs (a test kills a node's raylet by its dir). The head checks
 nodes' health every 0.5 s, so a killed node is declared dead in seconds instead of Ray's default 15 or so.
+The cluster uses token authentication, as docs/cluster.md starts one: a fresh random token in RAY_AUTH_TOKEN for
+every node and for the command. --no-auth starts it without (RAY_AUTH_MODE=disabled), to show that a3c refuses it.
 Exits with the command's status.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -51,6 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--cpus", type=int, default=1, help="--num-cpus of each node")
+    parser.add_argument("--no-auth", action="store_true", help="start the cluster without token authentication")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -66,6 +70,10 @@ def main() -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     root = tempfile.mkdtemp(prefix="a3c-ray-")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if args.no_auth:
+        env |= {"RAY_AUTH_MODE": "disabled"}
+    else:
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     address = f"127.0.0.1:{PORT}"
     dirs = [os.path.join(root, f"node{i}") for i in range(args.nodes)]
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(args.cpus), "--disable-usage-stats"]

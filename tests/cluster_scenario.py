@@ -7,6 +7,9 @@ did to OUT_DIR/scenario.json; the test holds it to what a user expects.
    Ctrl-C (SIGINT) ends it with a final checkpoint.
 3. Pong resumed from that checkpoint with --use-trained, on the one node left; once it has saved past where the
    last run ended, its driver is killed with SIGKILL: no worker survives it on any node.
+4. CartPole on the node left, whose GlobalModel actor is SIGKILLed once the run has saved: the run ends (status 1)
+   with one line and a checkpoint.
+The cluster has token authentication on, as benchmarks/local_cluster.py starts it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,17 @@ def main() -> None:
     results["resume"] = finished(run, 60) | {"went_on": resumed, "workers_seen": workers_seen}
     results["resume"]["seconds_since_start"] = round(time.monotonic() - started, 1)
     results["resume"]["workers_left_after_10s"] = (
+        [] if wait_until(lambda: not workers_alive(), 10.0) else workers_alive()
+    )
+
+    # The GlobalModel actor's process killed once the run has saved: the run ends with status 1, one line, and a
+    # checkpoint of the global weights the driver read last.
+    run = start("lost-global-model", "--env-name", "CartPole-v1", "--save-interval", "1", "--max-seconds", "120")
+    checkpoint = out / "lost-global-model" / "ck" / "CartPole-v1.pt"
+    saved = wait_until(checkpoint.exists, 120)
+    killed = subprocess.run(["pkill", "-9", "-f", "ray::GlobalModel"]).returncode == 0
+    results["lost_global_model"] = finished(run, 60) | {"saved_before_kill": saved, "killed": killed}
+    results["lost_global_model"]["workers_left_after_10s"] = (
         [] if wait_until(lambda: not workers_alive(), 10.0) else workers_alive()
     )
     (out / "scenario.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -86,7 +86,15 @@ ALLOWED: dict[str, set[str]] = {
         "a3c.shared_optim",
         "a3c.trainer",
     },
-    "a3c.cli": {"a3c.checkpoint", "a3c.config", "a3c.model", "a3c.evaluate", "a3c.trainer", "a3c.cluster"},
+    "a3c.cli": {
+        "a3c.checkpoint",
+        "a3c.config",
+        "a3c.model",
+        "a3c.evaluate",
+        "a3c.run_files",
+        "a3c.trainer",
+        "a3c.cluster",
+    },
 }
 
 

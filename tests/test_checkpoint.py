@@ -184,3 +184,66 @@ def test_check_compatible_refuses_another_model_spec(tmp_path: Path):
         check_compatible(make_payload(tiny_model(0)), "CartPole-v1", other, tmp_path / "x.pt")
     assert "hidden_size 16 vs 256" in str(info.value)
     assert "arch paper vs small" in str(info.value)
+
+
+def with_optimizer_state(model: ActorCritic) -> dict:
+    """A payload whose optimizer has taken one step: real statistics to damage."""
+    optimizer = torch.optim.Adam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    return make_payload(model) | {"optimizer": {"name": "adam", "state": optimizer.state_dict()}}
+
+
+DAMAGE = {
+    "inf statistic": (
+        lambda p: p["optimizer"]["state"]["state"][0]["exp_avg_sq"].view(-1).__setitem__(0, float("inf")),
+        "non-finite values in optimizer.state.state.0.exp_avg_sq (1 of",
+    ),
+    "nan weight": (
+        lambda p: next(iter(p["model"].values())).view(-1).__setitem__(0, float("nan")),
+        "non-finite values in model.",
+    ),
+    "huge network": (
+        lambda p: p.__setitem__("config", {"hidden_size": 30000, "arch": "small"}),
+        "network settings this a3c would not build (hidden_size must be between 1 and 4096, got 30000)",
+    ),
+    "network setting of the wrong type": (
+        lambda p: p.__setitem__("config", {"frame_size": "42"}),
+        "frame_size must be int",
+    ),
+    "negative counter": (lambda p: p["counters"].__setitem__("frames", -5), "counters that are not non-negative"),
+    "ragged history": (
+        lambda p: p.__setitem__("history", {"names": ["a", "b"], "columns": [[1.0], [1.0, 2.0]]}),
+        "history that is not columns of one length",
+    ),
+    "no statistics": (lambda p: p.__setitem__("optimizer", {"name": "adam"}), "holds no optimizer statistics"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_contents_are_refused_before_anything_is_built_from_them(tmp_path: Path, damage: str):
+    """A file that loads but holds what no save writes (non-finite weights or statistics, a network too large to
+    build, counters or a history of the wrong shape) is a CheckpointError that names what is wrong."""
+    payload = with_optimizer_state(tiny_model(0))
+    damage_it, message = DAMAGE[damage]
+    damage_it(payload)
+    path = tmp_path / "CartPole-v1.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="it is damaged: restore CartPole-v1.pt.prev or retrain") as error:
+        load_checkpoint(path)
+    assert message in str(error.value)
+
+
+def test_a_crafted_network_is_refused_by_the_command_line_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """--use-trained on a checkpoint whose config asks for hidden_size 30000 (tens of GB of LSTM) is one line and exit
+    status 2, before any model is built."""
+    from a3c import cli
+
+    payload = with_optimizer_state(tiny_model(0)) | {"config": {"hidden_size": 30000}}
+    (tmp_path / "ck").mkdir()
+    torch.save(payload, tmp_path / "ck" / "CartPole-v1.pt")
+    args = ["--env-name", "CartPole-v1", "--use-trained", "--checkpoint-dir", str(tmp_path / "ck")]
+    assert cli.main([*args, "--plot-dir", str(tmp_path / "pl"), "--serial"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hidden_size must be between 1 and 4096, got 30000" in err[0]

@@ -138,3 +138,31 @@ def test_two_nodes_train_survive_a_node_death_resume_and_leave_nothing_behind(tm
     assert all(torch.isfinite(w).all() for w in payload["model"].values())
     assert payload["config"]["n_workers"] == 1  # one host of one worker: it went on with fewer than it began
     assert (tmp_path / "pong" / "pl" / "PongNoFrameskip-v4.png").stat().st_size > 0
+
+    lost = runs["lost_global_model"]
+    assert lost["saved_before_kill"] and lost["killed"], lost
+    assert lost["rc"] == 1 and "a3c: stopped: the global model is gone" in lost["stdout"], lost
+    assert "a3c: the global model is gone (" in lost["stderr"] and "Traceback" not in lost["stderr"], lost
+    assert lost["workers_left_after_10s"] == [], lost
+    load_checkpoint(tmp_path / "lost-global-model" / "ck" / "CartPole-v1.pt")
+
+
+@pytest.mark.cluster
+def test_a_cluster_that_answers_without_a_token_is_refused_in_one_line(tmp_path: Path):
+    """A head started without token authentication: main.py --ray-address refuses it in one line, exit status 2,
+    before anything is written; --allow-open-cluster trains on it."""
+    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "local_cluster.py"), "--nodes", "1", "--no-auth", "--"]
+    main_py = [sys.executable, str(REPO_ROOT / "main.py"), "--env-name", "CartPole-v1", "--ray-address", "auto"]
+    main_py += ["--checkpoint-dir", str(tmp_path / "ck"), "--plot-dir", str(tmp_path / "pl")]
+    script = (
+        f"{' '.join(main_py)} 2> {tmp_path / 'refused.err'}; echo $? > {tmp_path / 'refused.rc'}; "
+        f"{' '.join(main_py)} --allow-open-cluster --max-frames 2000 > {tmp_path / 'allowed.out'} 2>&1; "
+        f"echo $? > {tmp_path / 'allowed.rc'}"
+    )
+    done = subprocess.run([*argv, "bash", "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    err = (tmp_path / "refused.err").read_text().strip().splitlines()
+    assert (tmp_path / "refused.rc").read_text().strip() == "2"
+    assert len(err) == 1 and "answers clients without a token" in err[0] and "--allow-open-cluster" in err[0], err
+    assert (tmp_path / "allowed.rc").read_text().strip() == "0", (tmp_path / "allowed.out").read_text()[-3000:]
+    assert "reached --max-frames" in (tmp_path / "allowed.out").read_text()

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -280,3 +282,66 @@ def test_full_disk_during_training_is_reported_and_training_goes_on(tmp_path: Pa
     assert "could not save" in caplog.text and "previous checkpoint is untouched" in caplog.text
     assert cfg.checkpoint_path.read_bytes() == good
     assert trainer.stop_reason is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounts a small tmpfs (needs root)")
+@pytest.mark.slow
+def test_a_full_disk_under_the_csv_costs_rows_never_the_final_checkpoint(tmp_path: Path, caplog):
+    """The plots folder on a 16 KiB tmpfs: the CSV soon meets a real full disk (ENOSPC). The run says so once, trains
+    on, and its final checkpoint holds every game; only the CSV lost rows."""
+    plots = tmp_path / "pl"
+    plots.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(plots)], check=True)
+    try:
+        cfg = build_config(
+            {"env_name": CARTPOLE, "serial": True, "max_frames": 20_000, "hidden_size": 16, "save_interval_s": 1000,
+             "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(plots)}
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        assert trainer.run() == 0, trainer.stop_reason
+        rows = len(cfg.csv_path.read_text().splitlines()) - 1
+    finally:
+        subprocess.run(["umount", "--lazy", str(plots)], check=True)  # lazy: even with a file still open
+    payload = load_checkpoint(cfg.checkpoint_path)
+    assert payload["counters"]["frames"] >= 20_000
+    assert len(payload["history"]["columns"][0]) == trainer.metrics.games > rows + 100
+    assert "could not write" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_a_save_writes_only_sound_statistics_while_a_step_outside_the_lock_damages_them(tmp_path: Path):
+    """With --no-lock-step a worker steps without the lock, so it can damage the statistics while the trainer copies
+    them. A thread that writes inf into an exp_avg_sq and takes it out again, at random moments and without the lock,
+    while the trainer saves 30 times: every checkpoint written holds finite statistics, and some are written."""
+    cfg = build_config(
+        {"env_name": CARTPOLE, "serial": True, "lock_step": False, "hidden_size": 16, "save_interval_s": 1000,
+         "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    statistic = trainer.optimizer.state[trainer.optimizer.param_groups[0]["params"][0]]["exp_avg_sq"]
+    done = threading.Event()
+
+    def damage_now_and_then() -> None:
+        rng = random.Random(0)
+        while not done.is_set():
+            statistic.view(-1)[0] = float("inf")
+            time.sleep(rng.uniform(0.0, 0.001))
+            statistic.view(-1)[0] = 0.0
+            time.sleep(rng.uniform(0.0, 0.001))
+
+    damager = threading.Thread(target=damage_now_and_then, daemon=True)
+    damager.start()
+    written = 0
+    try:
+        for _ in range(30):
+            before = cfg.checkpoint_path.stat().st_mtime_ns if cfg.checkpoint_path.exists() else None
+            trainer.save()
+            if cfg.checkpoint_path.exists() and cfg.checkpoint_path.stat().st_mtime_ns != before:
+                written += 1
+                state = torch.load(cfg.checkpoint_path, weights_only=True)["optimizer"]["state"]["state"]
+                tensors = [v for per_param in state.values() for v in per_param.values() if torch.is_tensor(v)]
+                assert all(torch.isfinite(v).all() for v in tensors), "a checkpoint holds non-finite statistics"
+    finally:
+        done.set()
+        damager.join()
+        trainer.close()
+    assert written > 0

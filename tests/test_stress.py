@@ -64,24 +64,13 @@ def test_the_step_lock_is_free_after_its_holder_is_killed_at_any_moment():
     rng = random.Random(0)
     try:
         for _ in range(30):
-            turns = torch.zeros((), dtype=torch.int64).share_memory_()
-            child = ctx.Process(target=take_the_lock_over_and_over, args=(step_lock, turns), daemon=True)
-            child.start()
-            deadline = time.monotonic() + 60
-            while int(turns) == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert int(turns) > 0
+            child = start_once_it_has_the_lock(ctx, take_the_lock_over_and_over, step_lock)
             time.sleep(rng.uniform(0.0, 0.05))
             os.kill(child.pid, signal.SIGKILL)
             child.join()
             with step_lock.held(timeout_s=1.0) as held:
                 assert held, "the lock stayed taken after its holder was killed"
-        holding = torch.zeros((), dtype=torch.int64).share_memory_()
-        holder = ctx.Process(target=hold_for_a_minute, args=(step_lock, holding), daemon=True)
-        holder.start()
-        deadline = time.monotonic() + 60
-        while int(holding) == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        holder = start_once_it_has_the_lock(ctx, hold_for_a_minute, step_lock)
         with step_lock.held(timeout_s=0.3) as held:
             assert not held  # taken by a live process: the waiter gives up
         holder.kill()
@@ -90,10 +79,22 @@ def test_the_step_lock_is_free_after_its_holder_is_killed_at_any_moment():
         step_lock.close()
 
 
-def hold_for_a_minute(step_lock: StepLock, holding: torch.Tensor) -> None:
+def hold_for_a_minute(step_lock: StepLock, turns: torch.Tensor) -> None:
     with step_lock.held():
-        holding += 1
+        turns += 1
         time.sleep(60)
+
+
+def start_once_it_has_the_lock(ctx, target, step_lock: StepLock):
+    """A child running target(step_lock, turns), returned once it has held the lock at least once."""
+    turns = torch.zeros((), dtype=torch.int64).share_memory_()
+    child = ctx.Process(target=target, args=(step_lock, turns), daemon=True)
+    child.start()
+    deadline = time.monotonic() + 60
+    while int(turns) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert int(turns) > 0, "the child never took the lock"
+    return child
 
 
 @pytest.mark.slow
