@@ -65,6 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     algo.add_argument("--adam-beta1", dest="adam_beta1", type=float, help="Adam's momentum (beta1)")
     algo.add_argument("--adam-eps", dest="adam_eps", type=float, help="Adam's epsilon")
+    algo.add_argument("--rmsprop-alpha", dest="rmsprop_alpha", type=float, help="RMSProp's decay (with --opt rmsprop)")
+    algo.add_argument("--rmsprop-eps", dest="rmsprop_eps", type=float, help="RMSProp's epsilon (with --opt rmsprop)")
     algo.add_argument(
         "--lr-end", dest="lr_end", type=float, help="anneal lr linearly to this, reached at --lr-anneal-frames"
     )

@@ -74,6 +74,22 @@ def paper_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
     )
 
 
+@register_trunk("nature")
+def nature_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
+    """Mnih et al. 2015 (Nature), the network every public A2C and PPO Atari curve uses: 32 8x8 filters stride 4,
+    64 4x4 stride 2, 64 3x3 stride 1 (3136 features on 84x84 frames; the fc layer of 512 is --fc-layer
+    --hidden-size 512)."""
+    return nn.Sequential(
+        first(channels, 32, 8, stride=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
+
+
 @register_trunk("small")
 def small_trunk(channels: int, first: type[nn.Conv2d]) -> nn.Sequential:
     """Four 3x3 stride-2 convolutions of 32 filters, as in the widely used universe-starter-agent."""

@@ -89,7 +89,9 @@ def uss_mib(pid: int) -> float:
 
 def measure_training(cfg, seconds: float, warmup: float) -> dict:
     """Run the real trainer; frames/s and updates/s over `seconds` after the first frames plus `warmup`."""
-    trainer = Trainer(cfg.replace(max_seconds=0.0))
+    # A folder of its own for each measurement: a run never writes over another (a3c/run_files.py refuses to).
+    out = tempfile.mkdtemp(prefix="run-", dir=Path(cfg.checkpoint_dir).parent)  # inside the temporary folder
+    trainer = Trainer(cfg.replace(max_seconds=0.0, checkpoint_dir=f"{out}/checkpoints", plot_dir=f"{out}/plots"))
     marks: dict[str, tuple[float, int, int]] = {}
     memory: dict[str, float] = {}
 
@@ -135,7 +137,9 @@ def variant_overrides(spec: str) -> tuple[str, str, dict]:
     if not name.strip() or not flags.strip():
         raise SystemExit(f"throughput.py: --variant takes NAME=FLAGS, got {spec!r}")
     overrides = vars(make_parser().parse_args(shlex.split(flags)))
-    unsupported = {"config_file", "env_name", "n_workers", "envs_per_worker"} & overrides.keys()
+    # The ceiling is the game's, stepped by n_workers processes: a variant with more games per worker is measured
+    # against the same ceiling (a process steps one game at a time either way).
+    unsupported = {"config_file", "env_name", "n_workers"} & overrides.keys()
     if unsupported:
         raise SystemExit(f"throughput.py: give {', '.join(sorted(unsupported))} as this script's own flags")
     return name.strip(), flags.strip(), overrides

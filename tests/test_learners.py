@@ -24,6 +24,7 @@ LEARNERS = ["tape", "autograd"]
 NETS = {
     "pong (small, standardized, no fc)": ((1, 42, 42), "small", True, False),
     "paper (pixels / 255, fc)": ((4, 84, 84), "paper", False, True),
+    "nature (pixels / 255, fc)": ((4, 84, 84), "nature", False, True),
     "small with fc": ((2, 42, 42), "small", False, True),
     "mlp (vector observations)": ((4,), "paper", False, True),
 }

@@ -40,7 +40,7 @@ def test_paper_architecture_layers():
     assert (model.policy.out_features, model.value.out_features) == (6, 1)
 
 
-@pytest.mark.parametrize("arch", ["paper", "small"])
+@pytest.mark.parametrize("arch", ["paper", "nature", "small"])
 def test_image_forward_shapes(arch: str):
     """uint8 [B, 4, 84, 84] -> logits float32 [B, A], value float32 [B], and a new (h, c) state [B, hidden]."""
     model = ActorCritic(ATARI_SHAPE, num_actions=6, hidden_size=64, arch=arch)
@@ -51,6 +51,19 @@ def test_image_forward_shapes(arch: str):
     assert out.value.shape == (3,) and out.value.dtype == torch.float32
     assert out.state[0].shape == (3, 64) and out.state[1].shape == (3, 64)
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.value).all()
+
+
+def test_nature_arch_is_the_nature_papers_convs():
+    """'nature' is Mnih et al. 2015's 32 8x8/4, 64 4x4/2, 64 3x3/1 convolutions: 3136 features on 84x84 frames."""
+    model = ActorCritic(ATARI_SHAPE, num_actions=4, hidden_size=512, arch="nature", fc_layer=True)
+    convs = layers(model.trunk, nn.Conv2d)
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (8, 8), (4, 4)),
+        (64, (4, 4), (2, 2)),
+        (64, (3, 3), (1, 1)),
+    ]
+    fc = layers(model.trunk, nn.Linear)[0]
+    assert (fc.in_features, fc.out_features) == (3136, 512)
 
 
 def test_small_arch_is_four_stride2_convs():
