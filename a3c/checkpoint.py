@@ -1,8 +1,10 @@
-"""Checkpoints: atomic save (the previous one kept as .prev), validated load that never runs code from the file."""
+"""Checkpoints: atomic save (the previous one kept as .prev), validated load that never runs code from the file, and
+what a resume takes from one."""
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import pickle
@@ -13,6 +15,9 @@ from typing import Any
 import torch
 
 from a3c.config import Config, ConfigError, coerce
+from a3c.shared_optim import apply_settings
+
+log = logging.getLogger(__name__)
 
 FORMAT = "a3c-checkpoint"
 VERSION = 1
@@ -203,6 +208,59 @@ def trained_network(cfg: Config, payload: dict[str, Any]) -> Config:
         return cfg
     return cfg.replace(
         **{name: saved.get(name, BEFORE_IT_EXISTED.get(name, getattr(Config, name))) for name in NETWORK_FIELDS}
+    )
+
+
+def resumed_config(cfg: Config, payload: dict[str, Any]) -> Config:
+    """A resumed run goes on with the network and frames it was trained with: a checkpoint from before the default
+    recipe changed resumes as it was saved. Where this run's settings (flags, config file or defaults) asked for
+    something else, the log names both; an lr that differs from the saved one is named too, as this run's lr is the
+    one used."""
+    trained = trained_network(cfg, payload)
+    changed = [
+        f"{name} {getattr(trained, name)} (asked {getattr(cfg, name)})"
+        for name in NETWORK_FIELDS
+        if getattr(trained, name) != getattr(cfg, name)
+    ]
+    if changed:
+        log.warning("resuming with the checkpoint's network settings: %s", ", ".join(changed))
+    saved_lr = payload.get("config", {}).get("lr")
+    if saved_lr is not None and saved_lr != cfg.lr:
+        log.warning(
+            "resuming at lr %g; the checkpoint was trained at %g (give --lr %g to keep it)", cfg.lr, saved_lr, saved_lr
+        )
+    return trained
+
+
+def restore(
+    payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, spec: dict
+) -> None:
+    """Load a checkpoint's weights into model and, when it used the same optimizer, its statistics into optimizer
+    (with this run's settings: lr, betas, eps). CheckpointError if it was trained on another game or network."""
+    path = cfg.checkpoint_path
+    check_compatible(payload, cfg.env_name, spec, path)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        details = " ".join(line.strip() for line in str(error).splitlines()[1:])[:400]
+        raise CheckpointError(
+            f"{path} does not fit this network ({details}); use the settings it was trained with or another "
+            "--checkpoint-dir"
+        ) from None
+    saved_opt = payload["optimizer"]
+    if saved_opt.get("name") == cfg.opt:
+        optimizer.load_state_dict(saved_opt["state"])
+        apply_settings(optimizer, cfg)
+        optimizer.share_memory()  # load_state_dict made fresh, private tensors
+    else:
+        log.warning("checkpoint used --opt %s; starting fresh %s statistics", saved_opt.get("name"), cfg.opt)
+    counters = payload["counters"]
+    log.info(
+        "resumed %s: %s frames, %d games, %.1f hours trained",
+        path,
+        f"{int(counters.get('frames', 0)):,}",
+        len(payload["history"]["columns"][0]) if payload["history"]["columns"] else 0,
+        counters.get("elapsed_s", 0.0) / 3600,
     )
 
 

@@ -269,13 +269,19 @@ def main(argv: list[str] | None = None) -> int:
             # the lock.
             run_files.check_no_live_run(cfg)
             run_files.check_no_earlier_run(cfg)
-        if cfg.ray_address is not None and not plot_only:
-            from a3c import cluster  # only here: a local run never imports Ray
-
-            return cluster.train_on_cluster(cfg)
         from a3c import trainer
 
-        return trainer.redraw_plot(cfg) if plot_only else trainer.train(cfg)
+        if plot_only:
+            return trainer.redraw_plot(cfg)
+        if cfg.ray_address is not None:
+            from a3c import cluster  # only here: a local run never imports Ray
+
+            fleet = cluster.RayFleet.connect(cfg)
+        else:
+            from a3c.fleet import LocalFleet
+
+            fleet = LocalFleet(cfg)
+        return trainer.train(cfg, fleet)
     except (ConfigError, CheckpointError) as error:
         print(f"a3c: error: {error}", file=sys.stderr)
         return EXIT_USAGE

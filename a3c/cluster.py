@@ -6,12 +6,14 @@ without a barrier, a host sends its weight delta since its last exchange, the ac
 global weights back. Gradients never cross the network, only one delta up and one set of weights down per host and
 exchange. Shipping each worker's gradients (about 40 a second) would cost about 40 times that.
 
-The driver is the usual Trainer (ClusterTrainer). It alone writes the CSV, plot and checkpoint, so they look as in a
-local run, with frames counted over all hosts. Imported only with --ray-address; ray is an optional extra.
+The driver is the usual Trainer, given a RayFleet instead of this machine's fleet: it alone writes the CSV, plot and
+checkpoint, so they look as in a local run, with frames counted over all hosts. Imported only with --ray-address;
+ray is an optional extra.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -22,15 +24,16 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
 from a3c.config import Config, ConfigError
 from a3c.envs import env_spaces
-from a3c.fleet import WorkerGroup, share_state
+from a3c.fleet import FleetReport, WorkerGroup, share_state
+from a3c.health import Health
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
-from a3c.model import build_model
+from a3c.model import ActorCritic, build_model
 from a3c.processes import Counts
-from a3c.shared_optim import apply_settings, find_damage, make_optimizer, statistics
-from a3c.trainer import EXIT_FAILED, Trainer
+from a3c.shared_optim import apply_settings, make_optimizer
 
 try:
     import ray
@@ -43,8 +46,8 @@ except ImportError:  # the CLI turns this into one line: install the extra
 log = logging.getLogger(__name__)
 
 POLL_WAIT_S = 0.5  # a host's poll waits this long for its first record: a long poll, not a busy loop
-STOP_WAIT_S = 60.0
-TOKEN_PROBE_S = 10.0  # how long the unauthenticated request to the head may take  # the longest the driver waits for a host to stop its workers and send its last delta
+STOP_WAIT_S = 60.0  # the longest the driver waits for a host to stop its workers and send its last delta
+TOKEN_PROBE_S = 10.0  # how long the unauthenticated request to the head may take
 
 
 def flat_weights(model: nn.Module) -> torch.Tensor:
@@ -110,6 +113,7 @@ class HostReport(NamedTuple):
     bytes_received: int
     events: list[str]
     global_model_gone: bool  # its exchange found the GlobalModel actor dead
+    failure: str | None  # its model's damage keeps coming back (Health.failure)
 
 
 class HostGroup:
@@ -144,9 +148,12 @@ class HostGroup:
         self.foreign_frames = 0  # other hosts' frames added to this host's counter, so lr schedules see them all
         self.frames_sent = 0
         self.base = flat_weights(self.model)  # the global weights as of this host's last exchange
-        self.statistics = self._statistics_copy()
         self.exchanges = self.bytes_sent = self.bytes_received = 0
         self.events: list[str] = []
+        # The sound state a rollback returns to: the weights and statistics as of the last exchange.
+        self.health = Health(
+            self.model, self.optimizer, self.shared.step_lock.held, self.own_frames, self._say, rollbacks_before=0
+        )
         self.global_model_gone = False
         self.group = WorkerGroup(cfg, self.shared, ranks)
         self.group.start()
@@ -154,8 +161,8 @@ class HostGroup:
         self.exchanger = threading.Thread(target=self._exchange_loop, name="exchange", daemon=True)
         self.exchanger.start()
 
-    def _statistics_copy(self) -> list[torch.Tensor]:
-        return [t.clone() for t in statistics(self.optimizer)]
+    def _say(self, line: str) -> None:
+        self.events.append(f"host {self.host}: {line}")
 
     def own_frames(self) -> int:
         return self.shared.counters.frames() - self.start_frames - self.foreign_frames
@@ -172,14 +179,8 @@ class HostGroup:
 
     def exchange(self) -> None:
         """Send this host's weight delta and new frames; fold the global weights and other hosts' frames in. Damaged
-        weights or statistics are not sent: the host goes back to the global weights and its last sound statistics."""
-        damage = find_damage(self.model, self.optimizer)
-        if damage is not None:
-            with self.shared.step_lock.held():
-                copy_weights(self.model, self.base)
-                for tensor, saved in zip(statistics(self.optimizer), self.statistics, strict=True):
-                    tensor.copy_(saved)
-            self.events.append(f"host {self.host}: {damage}; went back to the global weights and going on")
+        weights or statistics are not sent: the host rolls back to its state of the last exchange (Health)."""
+        if not self.health.check():
             return
         sent_from = flat_weights(self.model)
         delta = (sent_from - self.base).numpy()
@@ -189,7 +190,7 @@ class HostGroup:
         global_weights = torch.from_numpy(np.array(weights))
         with self.shared.step_lock.held():
             add_weights(self.model, global_weights - sent_from)
-            self.statistics = self._statistics_copy()
+            self.health.take_snapshot()
         self.base = global_weights
         others = total_frames - self.start_frames - own - self.foreign_frames
         if others > 0:
@@ -221,6 +222,7 @@ class HostGroup:
             self.bytes_received,
             events,
             self.global_model_gone,
+            self.health.failure,
         )
 
     def stop(self) -> HostReport:
@@ -263,29 +265,46 @@ def on_node(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
 
-class ClusterTrainer(Trainer):
-    """The Trainer as the driver of a cluster run: host groups instead of local workers. Records and totals come
-    from the hosts' polls; the weights it checks and saves come from the GlobalModel, its optimizer statistics from
-    the first live host. Everything else (stop conditions, progress, CSV, plot, checkpoint) is the Trainer's own."""
+class RayFleet:
+    """A fleet of host groups on a Ray cluster, for a Trainer that does not know it: a HostGroup actor on each live
+    node (each running this machine's WorkerGroup on a host-local model) and the GlobalModel actor they exchange
+    with. The trainer's model is this driver's copy of the global weights: pull() reads them (and, with statistics,
+    the first live host's optimizer statistics), push() writes them back after a rollback. Records and counts come
+    from the hosts' polls, frames counted over all hosts; the evaluator, if any, runs beside the driver on its copy."""
 
     def __init__(self, cfg: Config, nodes: list[Node]):
-        super().__init__(cfg)
         self.nodes = nodes
-        self.session_start = self.shared.counters.totals()
-        # The driver runs no worker of its own: only the evaluator, when there is one, beside it.
-        self.group = WorkerGroup(self.cfg, self.shared, [], evaluator=self.cfg.eval_interval_s > 0)
+        # Each host's workers step their host-local model: the lr follows the largest host's count.
+        self.sharing = max(node.workers for node in nodes)
+        self.workers = sum(node.workers for node in nodes)
         self.global_model: Any = None
         self.hosts: dict[int, Any] = {}  # host index -> HostGroup actor handle, while alive
         self.reports: dict[int, HostReport] = {}
         self.polls: dict[Any, int] = {}  # pending poll -> host index
-        self.started_at = time.monotonic()
-        self.pulled_at_frames = self.session_start.frames  # the frames of the global weights this driver holds
+        self.lines: list[str] = []
+        self.failure: str | None = None
+        self.stopping = False
 
-    def _start_fleet(self) -> None:
-        super()._start_fleet()
-        cfg = self.cfg
+    @classmethod
+    def connect(cls, cfg: Config) -> RayFleet:
+        """Join the cluster at cfg.ray_address (join_cluster says why not in one line) and take its live nodes."""
+        if ray is None:
+            raise ConfigError("--ray-address needs Ray here and on every host: pip install -e '.[cluster]'")
+        join_cluster(cfg)
+        return cls(cfg, cluster_nodes(cfg))
+
+    def prepare(self, cfg: Config, model: ActorCritic, optimizer: Optimizer, start: Counts) -> None:
+        self.cfg, self.model, self.optimizer, self.session_start = cfg, model, optimizer, start
+        self.pulled_at_frames = start.frames  # the frames of the global weights this driver holds
+        # The driver's own counter row holds the cluster's totals; the evaluator reads them and this copy's weights.
+        self.shared = share_state(model.share_memory(), optimizer, max_rank=-1, start=start)
+        self.evaluator = WorkerGroup(cfg, self.shared, [], evaluator=cfg.eval_interval_s > 0)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.evaluator.start()
         weights = flat_weights(self.model).numpy()
-        frames = self.shared.counters.frames()
+        frames = self.session_start.frames
         here = ray.get_runtime_context().get_node_id()
         self.global_model = (
             ray.remote(GlobalModel).options(num_cpus=0, scheduling_strategy=on_node(here)).remote(weights, frames)
@@ -297,70 +316,88 @@ class ClusterTrainer(Trainer):
             ranks = list(range(first_rank, first_rank + node.workers))
             first_rank += node.workers
             self.hosts[host] = host_group.options(num_cpus=0, scheduling_strategy=on_node(node.node_id)).remote(
-                cfg, host, ranks, weights, optimizer_state, self.global_model, frames
+                self.cfg, host, ranks, weights, optimizer_state, self.global_model, frames
             )
             self.polls[self.hosts[host].poll.remote()] = host
         hosts = ", ".join(f"host {h} {n.address} ({n.workers} workers)" for h, n in enumerate(self.nodes))
         print(f"a3c: {len(self.nodes)} host(s) on the Ray cluster: {hosts}", flush=True)
 
-    def _drain(self, timeout: float) -> None:
-        super()._drain(0.0)  # the evaluator's records, when one runs beside the driver
-        if not self.polls:
-            time.sleep(timeout)
-            return
-        ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=timeout)
-        for ref in ready:
-            host = self.polls.pop(ref)
-            try:
-                report = ray.get(ref)
-            except ActorUnavailableError:  # not known to be dead yet (its node may be coming back): ask again
-                time.sleep(0.2)
+    def poll(self, timeout_s: float) -> FleetReport:
+        report = self.evaluator.poll(0.0)
+        records, self.lines = list(report.records), self.lines + report.lines
+        if self.polls:
+            ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=timeout_s)
+            for ref in ready:
+                host = self.polls.pop(ref)
+                try:
+                    records += self._take_report(ray.get(ref))
+                except ActorUnavailableError:  # not known to be dead yet (its node may be coming back): ask again
+                    time.sleep(0.2)
+                    self.polls[self.hosts[host].poll.remote()] = host
+                    continue
+                except RayError as error:
+                    self._lose_host(host, error)
+                    continue
                 self.polls[self.hosts[host].poll.remote()] = host
-                continue
-            except RayError as error:
-                self._lose_host(host, error)
-                continue
-            self._take_report(report)
-            self.polls[self.hosts[host].poll.remote()] = host
+        elif timeout_s > 0:
+            time.sleep(timeout_s)
+        lines, self.lines = self.lines, []
+        return FleetReport(records, lines, self.failure)
 
-    def _take_report(self, report: HostReport) -> None:
-        for line in report.events:
-            print(f"a3c: {line}", file=sys.stderr, flush=True)
+    def _take_report(self, report: HostReport) -> list[Any]:
+        """A host's poll: its lines, its totals into the driver's counter row, and its records, with frames counted
+        over the whole cluster."""
+        self.lines += report.events
         if report.global_model_gone:
             self._lose_global_model(f"host {report.host} could not exchange with it")
+        if report.failure is not None:
+            self.failure = self.failure or f"host {report.host}: {report.failure}"
         self.reports[report.host] = report
-        reports = self.reports.values()
-        # The driver's own row holds the cluster's totals: no worker here writes another.
-        totals = [sum(getattr(r, name) for r in reports) for name in Counts._fields]
+        totals = [sum(getattr(r, name) for r in self.reports.values()) for name in Counts._fields]
         self.shared.counters.row(-1)[:] = [
             start + total for start, total in zip(self.session_start, totals, strict=True)
         ]
-        for record in report.records:
-            if isinstance(record, GameResult):  # a host counts its own frames and others' as of its last exchange
-                record = record._replace(frames=self.shared.counters.frames())
-            self._take(record)
+        frames = self.shared.counters.frames()  # a host counts its own frames and others' as of its last exchange
+        return [r._replace(frames=frames) if isinstance(r, GameResult) else r for r in report.records]
 
     def _lose_host(self, host: int, error: Exception) -> None:
         self.hosts.pop(host, None)
-        first = _first_line(error)
         then = (
             "while stopping: its last delta is lost"
-            if self.stop_reason is not None
+            if self.stopping
             else f"going on with {len(self.hosts)} host(s). It loses what it had not sent: at most "
             f"{self.cfg.exchange_interval_s:g} s of its training"
         )
-        print(f"a3c: host {host} ({self.nodes[host].address}) is gone ({first}); {then}", file=sys.stderr, flush=True)
-        if not self.hosts:
-            self._request_stop("every host of the cluster is gone", EXIT_FAILED)
+        self.lines.append(f"host {host} ({self.nodes[host].address}) is gone ({_first_line(error)}); {then}")
+        if not self.hosts and not self.stopping:
+            self.failure = self.failure or "every host of the cluster is gone"
 
-    def _pull(self, statistics: bool) -> None:
-        """The global weights into this process's model (what the trainer checks, saves and evaluates), and, with
-        statistics, the first live host's optimizer statistics."""
+    def _lose_global_model(self, why: str) -> None:
+        """The GlobalModel actor is dead (its process killed, its node gone): no host can exchange any more, so the
+        run ends, saving the global weights this driver read last."""
+        if self.global_model is None:
+            return
+        self.global_model = None
+        print(  # the run's own words, as a local run's stop: not a host's log line
+            f"a3c: the global model is gone ({why}); stopping with the global weights read last, "
+            f"at {self.pulled_at_frames:,} frames",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.failure = self.failure or "the global model is gone"
+
+    def counts(self) -> Counts:
+        return self.shared.counters.totals()
+
+    def lock(self, timeout_s: float) -> contextlib.AbstractContextManager[bool]:
+        return contextlib.nullcontext(True)  # the trainer's model is this driver's copy: no worker steps it
+
+    def pull(self, statistics: bool) -> None:
         if self.global_model is not None:
             try:
                 weights, frames, _ = ray.get(self.global_model.get.remote(), timeout=STOP_WAIT_S)
             except (RayActorError, ActorDiedError) as error:
-                self._lose_global_model(str(error).strip().splitlines()[0][:200] if str(error).strip() else "")
+                self._lose_global_model(_first_line(error))
             except (RayError, GetTimeoutError) as error:
                 log.error("could not read the global model (%s); keeping the weights read last", error)
             else:
@@ -376,50 +413,26 @@ class ClusterTrainer(Trainer):
             self.optimizer.share_memory()
             return
 
-    def _lose_global_model(self, why: str) -> None:
-        """The GlobalModel actor is dead (its process killed, its node gone): no host can exchange any more, so the
-        run ends, saving the global weights this driver read last."""
-        if self.global_model is None:
-            return
-        self.global_model = None
-        print(
-            f"a3c: the global model is gone ({why}); stopping with the global weights read last, "
-            f"at {self.pulled_at_frames:,} frames",
-            file=sys.stderr,
-            flush=True,
-        )
-        self._request_stop("the global model is gone", EXIT_FAILED)
-
-    def check_health(self) -> bool:
-        self._pull(statistics=False)
-        return super().check_health()
-
-    def save(self) -> bool:
-        self._pull(statistics=True)
-        return super().save()
-
-    def _roll_back(self, damage: str) -> None:
-        super()._roll_back(damage)
+    def push(self) -> None:
         if self.global_model is not None:  # the hosts fold the sound weights in at their next exchange
             ray.get(self.global_model.put.remote(flat_weights(self.model).numpy()))
 
-    def _stop_fleet(self) -> None:
+    def stop(self) -> list[Any]:
+        self.stopping = True
+        records: list[Any] = []
         if self.polls:  # the records of the polls under way, before the hosts stop
             ready, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=2 * POLL_WAIT_S)
             for ref in ready:
-                host = self.polls.pop(ref)
-                try:
-                    self._take_report(ray.get(ref))
-                except RayError:
-                    pass  # the stop below finds out what became of that host
+                with contextlib.suppress(RayError):  # the stop below finds out what became of that host
+                    records += self._take_report(ray.get(ref))
         self.polls.clear()
         stops = {handle.stop.remote(): host for host, handle in self.hosts.items()}
         for ref, host in stops.items():
             try:
-                self._take_report(ray.get(ref, timeout=STOP_WAIT_S))
+                records += self._take_report(ray.get(ref, timeout=STOP_WAIT_S))
             except (RayError, GetTimeoutError) as error:
                 self._lose_host(host, error)
-        super()._stop_fleet()
+        records += self.evaluator.stop()
         seconds = max(time.monotonic() - self.started_at, 1e-9)
         for host, report in sorted(self.reports.items()):
             megabytes = (report.bytes_sent + report.bytes_received) / 1e6
@@ -427,6 +440,15 @@ class ClusterTrainer(Trainer):
                 "host %d: %d exchanges (%.2f/s), %.2f MB/s in and out, %s frames",
                 host, report.exchanges, report.exchanges / seconds, megabytes / seconds, f"{report.frames:,}",
             )  # fmt: skip
+        for line in self.lines:  # what the last reports said, after the trainer's last poll
+            print(f"a3c: {line}", file=sys.stderr, flush=True)
+        self.lines = []
+        return records
+
+    def close(self) -> None:
+        if getattr(self, "shared", None) is not None:
+            self.shared.close()
+        ray.shutdown()
 
 
 def token_required(address: str) -> bool | None:
@@ -487,16 +509,3 @@ def join_cluster(cfg: Config) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def train_on_cluster(cfg: Config) -> int:
-    """Join the Ray cluster at cfg.ray_address, put a host group on each live node, train; the exit status."""
-    if ray is None:
-        raise ConfigError("--ray-address needs Ray here and on every host: pip install -e '.[cluster]'")
-    join_cluster(cfg)
-    try:
-        nodes = cluster_nodes(cfg)
-        trainer = ClusterTrainer(cfg.replace(n_workers=sum(n.workers for n in nodes)), nodes)
-        return trainer.run()
-    finally:
-        ray.shutdown()

@@ -24,6 +24,9 @@ LEARNERS = ("auto", "autograd", "tape")
 # workers at the full lr those steps shut the small net's LSTM gates on Breakout and its policy stays at random play;
 # 16 workers learn Breakout and Pong at about 2/3 of it (docs/results.md, issue #22).
 LR_FULL_WORKERS = 8
+# 1.5e-4 rather than the classic PyTorch A3C's 1e-4: fewer frames to solve Pong (docs/results.md). The lr of up to
+# LR_FULL_WORKERS workers when neither a flag nor a config file gives one (default_lr).
+BASE_LR = 1.5e-4
 
 
 class ConfigError(ValueError):
@@ -49,9 +52,8 @@ class Config:
 
     # The A3C maths (paper names). rollout_len is the paper's t_max (flag --rs).
     opt: str = "adam"
-    # 1.5e-4 rather than the classic PyTorch A3C's 1e-4: fewer frames to solve Pong (docs/results.md). The lr of up
-    # to LR_FULL_WORKERS workers; build_config gives more workers less unless a flag or file sets it (default_lr).
-    lr: float = 1.5e-4
+    # None: the default for the number of workers that step one model, which the fleet knows (settle_lr).
+    lr: float | None = None
     # lr holds until lr_anneal_start frames, falls linearly to lr_end at lr_anneal_frames, then stays there
     # (None: constant lr). The paper anneals to 0 over the whole run; a floor keeps a longer run still learning.
     lr_end: float | None = None
@@ -175,9 +177,12 @@ class Config:
             re.fullmatch(r"[a-z]+(:\d+)?", self.device) is not None,
             f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}",
         )
-        for name in ("lr", "adam_eps", "rmsprop_eps", "max_grad_norm"):
+        for name in ("adam_eps", "rmsprop_eps", "max_grad_norm"):
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{name} must be a positive number, got {value}")
+        need(
+            self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"lr must be a positive number, got {self.lr}"
+        )
         need(
             self.lr_end is None or (math.isfinite(self.lr_end) and self.lr_end >= 0),
             f"lr_end must be >= 0, got {self.lr_end}",
@@ -263,9 +268,16 @@ class Config:
 
 
 def default_lr(n_workers: int) -> float:
-    """The lr for n_workers workers sharing one model when none is given: Config.lr up to LR_FULL_WORKERS, then
-    Config.lr x sqrt(LR_FULL_WORKERS / n_workers) (1.06e-4 at 16 workers, 7.5e-5 at 32)."""
-    return Config.lr * math.sqrt(min(1.0, LR_FULL_WORKERS / max(1, n_workers)))
+    """The lr for n_workers workers stepping one model when none is given: BASE_LR up to LR_FULL_WORKERS, then
+    BASE_LR x sqrt(LR_FULL_WORKERS / n_workers) (1.06e-4 at 16 workers, 7.5e-5 at 32)."""
+    return BASE_LR * math.sqrt(min(1.0, LR_FULL_WORKERS / max(1, n_workers)))
+
+
+def settle_lr(cfg: Config, sharing: int) -> Config:
+    """The run's config with its lr decided: the one a flag or a config file gave, else default_lr of `sharing`, the
+    workers that step one model as the fleet counts them (this machine's workers, 1 in serial mode, a cluster
+    host's). The one place the lr is decided."""
+    return cfg if cfg.lr is not None else cfg.replace(lr=default_lr(sharing))
 
 
 def safe_name(env_name: str) -> str:
@@ -342,10 +354,4 @@ def build_config(overrides: dict[str, object], config_file: str | Path | None = 
             file_settings = read_config_file(game_file)
             file_settings.pop("env_name", None)  # the game's file must not swap the game the user chose
     settings = {**file_settings, **{k: coerce(k, v, "flag") for k, v in overrides.items()}}
-    if "lr" not in settings:
-        # The workers that share one model: this machine's, or each host's on a cluster (a host-local model).
-        sharing = 1 if settings.get("serial") else settings.get("n_workers") or available_cores()
-        if settings.get("ray_address") is not None:
-            sharing = settings.get("workers_per_host") or sharing
-        settings["lr"] = default_lr(int(sharing))
     return Config(**settings).validate()

@@ -1,6 +1,7 @@
-"""A group of child processes on this machine around one shared model: the workers (and the evaluator), forked
-from a fork server, watched, started again when they die, drained of their records, and stopped. The trainer's
-local fleet is one group; each host of a cluster runs one.
+"""The workers a trainer drives (a fleet), and the group of child processes on this machine that every fleet is made
+of: the workers (and the evaluator) around one shared model, forked from a fork server, watched, started again when
+they die, drained of their records, and stopped. LocalFleet is one group; a cluster's RayFleet runs one on each
+host (a3c/cluster.py).
 
 Every child gets a pipe of its own for its records, so no lock is shared between writers, and a child killed
 half-way through a record leaves a pipe whose end the group sees (EOF) rather than a stream the others would
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch.multiprocessing as mp
 from torch.optim import Optimizer
@@ -27,8 +28,8 @@ from torch.optim import Optimizer
 from a3c.config import Config
 from a3c.evaluate import run_evaluator
 from a3c.model import ActorCritic
-from a3c.processes import EVALUATOR_RANK, Counters, Counts, SharedState, StepLock, StopFlag
-from a3c.worker import run_worker
+from a3c.processes import EVALUATOR_RANK, Counters, Counts, LocalOutbox, SharedState, StepLock, StopFlag
+from a3c.worker import Worker, run_worker
 
 MAX_WORKER_DEATHS = 5  # deaths of one rank within DEATH_WINDOW_S after which it is not started again
 DEATH_WINDOW_S = 600.0
@@ -248,3 +249,120 @@ class WorkerGroup:
             child.close()
         self.children.clear()
         return records
+
+
+class FleetReport(NamedTuple):
+    """What a fleet's poll found: its workers' records (a3c.messages, frames counted over the whole fleet), lines for
+    the user about the workers themselves, and why the run must end (None while it may go on)."""
+
+    records: list[Any]
+    lines: list[str]
+    failure: str | None
+
+
+class Fleet(Protocol):
+    """The workers a Trainer drives, wherever they run: this machine's (LocalFleet) or a Ray cluster's hosts
+    (cluster.RayFleet). The trainer knows nothing else of them.
+
+    Its size is known when it is made, before the run's config is final: `sharing` is how many workers step one
+    model (the lr follows it, config.settle_lr), `workers` how many there are in all. prepare() is given the model and
+    optimizer the trainer built (and maybe resumed), and the counts to go on from; start() starts the workers."""
+
+    sharing: int
+    workers: int
+
+    def prepare(self, cfg: Config, model: ActorCritic, optimizer: Optimizer, start: Counts) -> None: ...
+
+    def start(self) -> None: ...
+
+    def poll(self, timeout_s: float) -> FleetReport:
+        """The records that arrive within timeout_s, what became of the workers, and why the run must end."""
+        ...
+
+    def counts(self) -> Counts: ...
+
+    def lock(self, timeout_s: float) -> contextlib.AbstractContextManager[bool]:
+        """Keeps the workers' steps off the trainer's model while it is checked, copied or rolled back."""
+        ...
+
+    def pull(self, statistics: bool) -> None:
+        """Bring the trainer's model (and with statistics, its optimizer) up to date, before a check or a save."""
+        ...
+
+    def push(self) -> None:
+        """Give the workers the trainer's model after a rollback."""
+        ...
+
+    def stop(self) -> list[Any]:
+        """Stop every worker; their last records."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalFleet:
+    """Workers on this machine around one model in shared memory: a WorkerGroup of cfg.n_workers processes, or with
+    cfg.serial one worker inside the trainer's own process (deterministic, for debugging), and the evaluator beside
+    either when cfg.eval_interval_s > 0."""
+
+    def __init__(self, cfg: Config):
+        self.serial = cfg.serial
+        self.workers = self.sharing = 1 if cfg.serial else cfg.n_workers
+        self.shared: SharedState | None = None
+        self.group: WorkerGroup | None = None
+        self.serial_worker: Worker | None = None
+        self.outbox = LocalOutbox()  # the serial worker's records
+
+    def prepare(self, cfg: Config, model: ActorCritic, optimizer: Optimizer, start: Counts) -> None:
+        model.share_memory()
+        self.cfg = cfg
+        self.shared = share_state(model, optimizer, max_rank=self.workers - 1, start=start)
+        ranks = [] if self.serial else list(range(self.workers))
+        self.group = WorkerGroup(cfg, self.shared, ranks, evaluator=cfg.eval_interval_s > 0)
+
+    def start(self) -> None:
+        if self.serial:
+            self.serial_worker = Worker(0, self.cfg, self.shared, self.outbox)
+        self.group.start()
+
+    def poll(self, timeout_s: float) -> FleetReport:
+        if self.serial_worker is not None:
+            self.serial_worker.train_step()
+            timeout_s = 0.0
+        report = self.group.poll(timeout_s)
+        records = report.records + list(self.outbox.records)
+        self.outbox.records.clear()
+        failure = next(
+            (
+                f"worker-{rank} died {len(self.group.deaths[rank])} times in {DEATH_WINDOW_S / 60:.0f} minutes"
+                for rank in report.gave_up
+                if rank != EVALUATOR_RANK  # an evaluator that keeps dying is left out; training goes on
+            ),
+            None,
+        )
+        return FleetReport(records, report.lines, failure)
+
+    def counts(self) -> Counts:
+        return self.shared.counters.totals()
+
+    def lock(self, timeout_s: float) -> contextlib.AbstractContextManager[bool]:
+        return self.shared.step_lock.held(timeout_s)
+
+    def pull(self, statistics: bool) -> None:
+        """Nothing to do: the trainer's model is the one the workers step."""
+
+    def push(self) -> None:
+        """Nothing to do: the trainer's model is the one the workers step."""
+
+    def stop(self) -> list[Any]:
+        records = self.group.stop() if self.group is not None else []
+        if self.serial_worker is not None:
+            self.serial_worker.close()
+            self.serial_worker = None
+        records += list(self.outbox.records)
+        self.outbox.records.clear()
+        return records
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()

@@ -17,6 +17,20 @@ from pathlib import Path
 from a3c.config import Config, ConfigError
 
 
+def check_writable(directory: str | Path) -> None:
+    """Fail before training if checkpoints or plots could not be written there."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write to {directory} ({error.strerror or error}); choose another directory"
+        ) from None
+
+
 def run_file_names(cfg: Config) -> dict[Path, list[str]]:
     """The names of a run's files, by the folder they go in: <game>.pt and its .prev in checkpoint_dir, the CSVs
     and the plot in plot_dir (one folder when both are the same)."""

@@ -1,4 +1,4 @@
-"""The parent process: shared model and optimizer, worker processes, supervision, progress, checkpoints, stop."""
+"""The parent process of a run: the model and optimizer, the fleet it drives, progress, health, checkpoints, stop."""
 
 from __future__ import annotations
 
@@ -12,34 +12,33 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from a3c.checkpoint import (
     FORMAT,
-    NETWORK_FIELDS,
     STOPPED_AT_ONCE,
     VERSION,
     CheckpointError,
-    check_compatible,
     damage_in,
     load_checkpoint,
+    restore,
+    resumed_config,
     save_checkpoint,
-    trained_network,
 )
-from a3c.config import Config, ConfigError
+from a3c.config import Config, ConfigError, settle_lr
 from a3c.envs import check_env_id, env_spaces
-from a3c.fleet import DEATH_WINDOW_S, WorkerGroup, share_state
+from a3c.fleet import Fleet
+from a3c.health import LOCK_WAIT_S, Health
 from a3c.learners import choose_learner
 from a3c.messages import EvalResult, GameResult, WorkerFailure, WorkerStats
-from a3c.metrics import Metrics, TensorBoard, format_duration, read_csv
+from a3c.metrics import Metrics, TensorBoard, read_csv
 from a3c.model import build_model
 from a3c.plotting import plot_training
-from a3c.processes import EVALUATOR_RANK, Counts, LocalOutbox
-from a3c.run_files import claim_run_files
-from a3c.shared_optim import apply_settings, find_damage, make_optimizer, scheduled_lr, statistics
-from a3c.worker import Worker
+from a3c.processes import Counts
+from a3c.run_files import check_writable, claim_run_files
+from a3c.shared_optim import make_optimizer, scheduled_lr
 
 log = logging.getLogger(__name__)
 
@@ -47,37 +46,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 INTERRUPTED = "interrupted (Ctrl-C)"
-SKIP_WINDOW_S = 30.0  # non-finite updates: more skipped than applied in this window, and at least
-MIN_SKIPPED_TO_STOP = 20  # this many, end the run
-HEALTH_INTERVAL_S = 5.0  # how often the shared weights and statistics are checked (shared_optim.find_damage)
-MAX_ROLLBACKS = 3  # rollbacks within ROLLBACK_WINDOW_S that end the run: the damage keeps coming back
-ROLLBACK_WINDOW_S = 600.0
-LOCK_WAIT_S = 30.0  # the longest the trainer waits for the step lock before it tries again later
-
-
-class Snapshot(NamedTuple):
-    """The shared weights and optimizer statistics at a moment they were sound, and the frame count then."""
-
-    frames: int
-    tensors: list[torch.Tensor]
+HEALTH_INTERVAL_S = 5.0  # how often the model's weights and statistics are checked (Health.check)
 
 
 def plot_title(env_name: str, n_workers: int, opt: str) -> str:
     return f"A3C on {env_name} ({n_workers} workers, {opt})"
-
-
-def check_writable(directory: str | Path) -> None:
-    """Fail before training if checkpoints or plots could not be written there."""
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(
-            f"cannot write to {directory} ({error.strerror or error}); choose another directory"
-        ) from None
 
 
 def check_device(device: str) -> None:
@@ -90,12 +63,14 @@ def check_device(device: str) -> None:
 
 
 class Trainer:
-    """Owns the shared state and the workers for one run; `run()` returns the process exit status."""
+    """One run: the model and optimizer, the fleet of workers it is given (this machine's or a cluster's, it does not
+    know which), their records, the model's health, progress, checkpoints and the stop. `run()` returns the exit
+    status."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, fleet: Fleet):
         check_env_id(cfg.env_name)
-        cfg = cfg.replace(n_workers=1) if cfg.serial else cfg
-        self.cfg = cfg
+        cfg = settle_lr(cfg, fleet.sharing).replace(n_workers=fleet.workers)
+        self.cfg, self.fleet = cfg, fleet
         check_writable(cfg.checkpoint_dir)
         check_writable(cfg.plot_dir)
         # Before anything is read or written: this run alone uses these files, and it overwrites no earlier run.
@@ -110,8 +85,8 @@ class Trainer:
         payload = None
         if cfg.use_trained:
             payload = load_checkpoint(cfg.checkpoint_path)
-            cfg = self.cfg = self._trained_network(cfg, payload)
-        torch.manual_seed(cfg.seed)  # the shared model's initial weights follow --seed
+            cfg = self.cfg = resumed_config(cfg, payload)
+        torch.manual_seed(cfg.seed)  # the model's initial weights follow --seed
         self.model, self.spec = build_model(cfg, *env_spaces(cfg))
         check_device(cfg.device)
         # Decided once, here: every worker gets the resolved learner in its config.
@@ -121,13 +96,10 @@ class Trainer:
         self.counters = {"frames": 0, "updates": 0, "skipped_updates": 0, "rollbacks": 0, "elapsed_s": 0.0}
         history = None
         if payload is not None:
-            history = self._resume(payload)
-        self.model.share_memory()
-        start = Counts(*(int(self.counters[name]) for name in Counts._fields))
-        self.shared = share_state(self.model, self.optimizer, max_rank=cfg.n_workers - 1, start=start)
-        ranks = [] if cfg.serial else list(range(cfg.n_workers))
-        self.group = WorkerGroup(cfg, self.shared, ranks, evaluator=cfg.eval_interval_s > 0)
-        self.outbox = LocalOutbox()  # the records of the serial worker, which runs in this process
+            restore(payload, self.model, self.optimizer, cfg, self.spec)
+            self.counters.update({k: payload["counters"].get(k, v) for k, v in self.counters.items()})
+            history = payload["history"]
+        self.fleet.prepare(cfg, self.model, self.optimizer, Counts(*(int(self.counters[n]) for n in Counts._fields)))
         resumed_frames = int(self.counters["frames"]) if cfg.use_trained else None
         self.metrics = Metrics(cfg.csv_path, history, resumed_frames)
         self.tensorboard = None
@@ -135,86 +107,30 @@ class Trainer:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.tensorboard = TensorBoard(Path(cfg.tensorboard_dir) / f"{cfg.run_name}-{stamp}")
         self.worker_stats: dict[int, WorkerStats] = {}
-        self.update_window: deque[tuple[float, int, int]] = deque()  # (time, updates, skipped updates)
-        self.rollback_times: deque[float] = deque()
-        self.damage_seen: list[tuple[int, str]] = []  # (frames, what) of each rollback in this session
-        self.snapshot = self._take_snapshot()
+        self.health = Health(
+            self.model, self.optimizer, self.fleet.lock, self.frames, say, int(self.counters["rollbacks"])
+        )
         self.stop_reason: str | None = None
         self.exit_status = EXIT_OK
         self.start_time = time.monotonic()
 
-    @staticmethod
-    def _trained_network(cfg: Config, payload: dict[str, Any]) -> Config:
-        """A resumed run goes on with the network and frames it was trained with: a checkpoint from before the
-        default recipe changed resumes as it was saved. Where this run's settings (flags, config file or defaults)
-        asked for something else, the log names both; an lr that differs from the saved one is named too, as this
-        run's lr is the one used."""
-        trained = trained_network(cfg, payload)
-        changed = [
-            f"{name} {getattr(trained, name)} (asked {getattr(cfg, name)})"
-            for name in NETWORK_FIELDS
-            if getattr(trained, name) != getattr(cfg, name)
-        ]
-        if changed:
-            log.warning("resuming with the checkpoint's network settings: %s", ", ".join(changed))
-        saved_lr = payload.get("config", {}).get("lr")
-        if saved_lr is not None and saved_lr != cfg.lr:
-            log.warning(
-                "resuming at lr %g; the checkpoint was trained at %g (give --lr %g to keep it)",
-                cfg.lr,
-                saved_lr,
-                saved_lr,
-            )
-        return trained
-
-    def _resume(self, payload: dict[str, Any]) -> dict[str, list] | None:
-        cfg = self.cfg
-        check_compatible(payload, cfg.env_name, self.spec, cfg.checkpoint_path)
-        try:
-            self.model.load_state_dict(payload["model"])
-        except RuntimeError as error:
-            details = " ".join(line.strip() for line in str(error).splitlines()[1:])[:400]
-            raise CheckpointError(
-                f"{cfg.checkpoint_path} does not fit this network ({details}); "
-                "use the settings it was trained with or another --checkpoint-dir"
-            ) from None
-        saved_opt = payload["optimizer"]
-        if saved_opt.get("name") == cfg.opt:
-            self.optimizer.load_state_dict(saved_opt["state"])
-            apply_settings(self.optimizer, cfg)
-            self.optimizer.share_memory()  # load_state_dict made fresh, private tensors
-        else:
-            log.warning("checkpoint used --opt %s; starting fresh %s statistics", saved_opt.get("name"), cfg.opt)
-        self.counters.update({k: payload["counters"].get(k, v) for k, v in self.counters.items()})
-        log.info(
-            "resumed %s: %s frames, %d games, %s trained",
-            cfg.checkpoint_path,
-            f"{int(self.counters['frames']):,}",
-            len(payload["history"]["columns"][0]),
-            format_duration(self.counters["elapsed_s"]),
-        )
-        return payload["history"]
+    def frames(self) -> int:
+        return self.fleet.counts().frames
 
     # -- results and progress ------------------------------------------------------------------------------------
     def _elapsed(self) -> float:
         return self.counters["elapsed_s"] + time.monotonic() - self.start_time
 
     def _drain(self, timeout: float) -> None:
-        """Take the children's records (waiting up to timeout for the first) and the serial worker's; log what became
-        of the children. A worker that keeps dying ends the run; an evaluator that does is left out."""
-        report = self.group.poll(timeout)
+        """Take the fleet's records (waiting up to timeout for the first), log what became of its workers, and end
+        the run when the fleet says it must."""
+        report = self.fleet.poll(timeout)
         for line in report.lines:
             log.error("%s", line)
-        for rank in report.gave_up:
-            if rank != EVALUATOR_RANK:
-                self._request_stop(
-                    f"worker-{rank} died {len(self.group.deaths[rank])} times in {DEATH_WINDOW_S / 60:.0f} minutes",
-                    EXIT_FAILED,
-                )
+        if report.failure is not None:
+            self._request_stop(report.failure, EXIT_FAILED)
         for record in report.records:
             self._take(record)
-        while self.outbox.records:
-            self._take(self.outbox.records.popleft())
 
     def _take(self, record: GameResult | WorkerStats | EvalResult | WorkerFailure) -> None:
         """One record from a worker or the evaluator: into the CSV, TensorBoard or the log."""
@@ -224,7 +140,7 @@ class Trainer:
         elif isinstance(record, WorkerStats):
             self.worker_stats[record.worker] = record
             if record.losses:
-                frames = self.shared.counters.frames()
+                frames = self.frames()
                 self.metrics.add_losses(self._elapsed(), frames, record.worker, record.losses)
                 self._to_tensorboard(frames, {f"train/{k}": v for k, v in record.losses.items() if k != "updates"})
         elif isinstance(record, EvalResult):
@@ -260,29 +176,8 @@ class Trainer:
             self.stop_reason = reason
             self.exit_status = status
 
-    def _check_skipped(self, now: float) -> None:
-        """End the run when most recent updates came out non-finite: the model would only stand still. Unless the
-        shared weights are what is damaged: then every worker's loss is non-finite until a rollback, so roll back
-        now (check_health) and count afresh, whenever the health check would otherwise have come."""
-        _, updates, skipped = self.shared.counters.totals()
-        window = self.update_window
-        window.append((now, updates, skipped))
-        while now - window[0][0] > SKIP_WINDOW_S:
-            window.popleft()
-        _, updates_then, skipped_then = window[0]
-        new_skipped, applied = skipped - skipped_then, updates - updates_then
-        if new_skipped >= MIN_SKIPPED_TO_STOP and new_skipped > applied:
-            if not self.check_health():
-                window.clear()
-                return
-            self._request_stop(
-                f"{new_skipped} of the last {new_skipped + applied} updates had a non-finite loss or gradient and were "
-                "skipped; the model holds the last good weights (try a lower --lr or --max-grad-norm)",
-                EXIT_FAILED,
-            )
-
     def _check_stop(self, session_s: float) -> None:
-        cfg, frames = self.cfg, self.shared.counters.frames()
+        cfg, frames = self.cfg, self.frames()
         if cfg.target_reward is not None and self.metrics.games >= 100 and self.metrics.avg100 >= cfg.target_reward:
             self._request_stop(
                 f"reached the target: average of the last 100 games {self.metrics.avg100:.2f} >= {cfg.target_reward:g}"
@@ -296,7 +191,7 @@ class Trainer:
     def payload(self) -> dict[str, Any]:
         """Everything a resume needs, as copies (the shared tensors keep moving) of tensors and plain data (loads with
         weights_only=True)."""
-        frames, updates, skipped = self.shared.counters.totals()
+        frames, updates, skipped = self.fleet.counts()
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -308,7 +203,7 @@ class Trainer:
                 "frames": frames,
                 "updates": updates,
                 "skipped_updates": skipped,
-                "rollbacks": self.rollbacks,
+                "rollbacks": self.health.rollbacks,
                 "elapsed_s": self._elapsed(),
                 "games": self.metrics.games,
             },
@@ -317,18 +212,16 @@ class Trainer:
         }
 
     def save(self) -> bool:
-        """Checkpoint and plot; True if the checkpoint was written. Damaged weights are rolled back first and never written; the sound state saved
-        becomes the one the next rollback returns to. What is written is checked once more, in the very copies
-        written: the weights and the optimizer statistics."""
-        # Checked, rolled back, snapshotted and copied under the step lock: no step lands in between.
-        with self.shared.step_lock.held(LOCK_WAIT_S) as held:
-            if held:
-                damage = find_damage(self.model, self.optimizer)
-                if damage is None:
-                    self.snapshot = self._take_snapshot()
-                else:
-                    self._roll_back(damage)
+        """Checkpoint and plot; True if the checkpoint was written. Damaged weights are rolled back first and never
+        written; the sound state saved becomes the one the next rollback returns to. What is written is checked once
+        more, in the very copies written: the weights and the optimizer statistics."""
+        self.fleet.pull(statistics=True)
+        # Checked, rolled back, snapshotted and copied with the workers' steps held off: none lands in between.
+        with self.fleet.lock(LOCK_WAIT_S) as held:
+            sound = self.health.keep_or_roll_back() if held else True
             payload = self.payload()
+        if not sound:
+            self.fleet.push()
         damage = damage_in(payload)
         if damage is not None:
             log.error("the checkpoint to save %s; keeping the last one, %s", damage, self.cfg.checkpoint_path)
@@ -341,66 +234,14 @@ class Trainer:
         self.plot()
         return True
 
-    # -- damaged weights -----------------------------------------------------------------------------------------
-    def _shared_tensors(self) -> list[torch.Tensor]:
-        """The shared weights and every optimizer statistic (step counts too), in a fixed order."""
-        return [p.detach() for p in self.model.parameters()] + statistics(self.optimizer)
-
-    def _take_snapshot(self) -> Snapshot:
-        return Snapshot(self.shared.counters.frames(), [t.clone() for t in self._shared_tensors()])
-
     def check_health(self) -> bool:
-        """True if the shared weights and statistics are sound; if not, roll them back (_roll_back).
-
-        The first look goes without the lock, so it may read a step half-way. Damage is confirmed under the lock,
-        with no step under way (with --lock-step, the default), and only then rolled back; what the first look saw
-        is kept in the message when the two differ (a damaged statistic beside sound weights is not what a bad
-        step leaves)."""
-        seen = find_damage(self.model, self.optimizer)
-        if seen is None:
+        """True if the model and its statistics are sound; if not, they are rolled back (Health.check) and the
+        workers given the sound ones."""
+        self.fleet.pull(statistics=False)
+        if self.health.check():
             return True
-        with self.shared.step_lock.held(LOCK_WAIT_S) as held:
-            if not held:
-                log.error("%s, but the step lock stayed taken for %.0f s; trying again later", seen, LOCK_WAIT_S)
-                return False
-            damage = find_damage(self.model, self.optimizer)
-            if damage is None:
-                log.warning(
-                    "a look without the step lock saw %s; under the lock all is sound: nothing rolled back", seen
-                )
-                return True
-            self._roll_back(damage if damage == seen else f"{damage} (first seen without the lock: {seen})")
+        self.fleet.push()
         return False
-
-    def _roll_back(self, damage: str) -> None:
-        """With the step lock held: put back the last sound snapshot, say so in one line, and go on; end the run
-        (status 1) when that keeps happening."""
-        with torch.no_grad():
-            for tensor, saved in zip(self._shared_tensors(), self.snapshot.tensors, strict=True):
-                tensor.copy_(saved)
-        now = time.monotonic()
-        self.rollback_times.append(now)
-        while now - self.rollback_times[0] > ROLLBACK_WINDOW_S:
-            self.rollback_times.popleft()
-        frames = self.shared.counters.frames()
-        self.damage_seen.append((frames, damage))
-        print(
-            f"a3c: {damage} at {frames:,} frames; rolled back to the weights and optimizer statistics of "
-            f"{self.snapshot.frames:,} frames and going on (rollback {self.rollbacks})",
-            file=sys.stderr,
-            flush=True,
-        )
-        if len(self.rollback_times) >= MAX_ROLLBACKS:
-            self._request_stop(
-                f"the shared model was damaged {len(self.rollback_times)} times in {ROLLBACK_WINDOW_S / 60:.0f} "
-                f"minutes ({damage}); it holds the weights of {self.snapshot.frames:,} frames (try a lower --lr)",
-                EXIT_FAILED,
-            )
-
-    @property
-    def rollbacks(self) -> int:
-        """Rollbacks over the whole run, resumes included."""
-        return int(self.counters["rollbacks"]) + len(self.damage_seen)
 
     def plot(self) -> None:
         cfg = self.cfg
@@ -411,22 +252,18 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Let go of a trainer that is not run: its lock on the run's files and its shared state (run() does this
-        itself)."""
-        self.shared.close()
+        """Let go of a trainer that is not run: its lock on the run's files and its fleet (run() does this itself)."""
+        self.fleet.close()
         self.run_lock.release()
 
     def run(self) -> int:
-        """Train until a stop condition; stop the children, save, draw; return the exit status."""
+        """Train until a stop condition; stop the workers, save, draw; return the exit status."""
         cfg = self.cfg
         previous_term = signal.signal(signal.SIGTERM, lambda *_: self._request_stop("SIGTERM"))
         previous_int = signal.signal(signal.SIGINT, self._on_ctrl_c)
-        serial_worker = None
         try:
             self.metrics.open_csv()
-            if cfg.serial:
-                serial_worker = Worker(0, cfg, self.shared, self.outbox)
-            self._start_fleet()
+            self.fleet.start()
             lr_schedule = ""
             if cfg.lr_end is not None:
                 lr_schedule = f" -> {cfg.lr_end:g} from {cfg.lr_anneal_start:,} to {cfg.lr_anneal_frames:,} frames"
@@ -436,11 +273,11 @@ class Trainer:
                 f"checkpoint {cfg.checkpoint_path}, plot {cfg.plot_path}",
                 flush=True,
             )
-            self._loop(serial_worker)
+            self._loop()
         finally:
             signal.signal(signal.SIGTERM, previous_term)
             # A second Ctrl-C during shutdown stops at once; the checkpoint on disk is the last complete one.
-            saved = self._shut_down(serial_worker)
+            saved = self._shut_down()
             signal.signal(signal.SIGINT, previous_int)
         games = (
             f"{self.metrics.games} games, average of last 100 {self.metrics.avg100:.2f}, best {self.metrics.best_avg:.2f}"
@@ -450,26 +287,23 @@ class Trainer:
         where = (
             f"Saved {cfg.checkpoint_path} and {cfg.plot_path}" if saved else f"{cfg.checkpoint_path} is the last save"
         )
-        print(
-            f"a3c: stopped: {self.stop_reason}. {self.shared.counters.frames():,} frames, {games}. {where}", flush=True
-        )
+        print(f"a3c: stopped: {self.stop_reason}. {self.frames():,} frames, {games}. {where}", flush=True)
         return self.exit_status
 
-    def _loop(self, serial_worker: Worker | None) -> None:
-        """Take records, watch the children and the shared model, save, and show progress until a stop condition."""
+    def _loop(self) -> None:
+        """Take records, watch the workers and the model, save, and show progress until a stop condition."""
         cfg = self.cfg
         tty = sys.stdout.isatty()
         session_start = time.monotonic()
         last_save = last_print = last_health = session_start
-        rate_window: deque[tuple[float, int]] = deque([(session_start, self.shared.counters.frames())])
+        rate_window: deque[tuple[float, int]] = deque([(session_start, self.frames())])
         while self.stop_reason is None:
-            if serial_worker is not None:
-                serial_worker.train_step()
-                self._drain(timeout=0.0)
-            else:
-                self._drain(timeout=0.25)
+            self._drain(timeout=0.25)
             now = time.monotonic()
-            self._check_skipped(now)
+            _, updates, skipped = self.fleet.counts()
+            failure = self.health.skipped_too_many(now, updates, skipped) or self.health.failure
+            if failure is not None:
+                self._request_stop(failure, EXIT_FAILED)
             self._check_stop(now - session_start)
             if now - last_save >= cfg.save_interval_s:
                 self.save()
@@ -478,7 +312,7 @@ class Trainer:
                 self.check_health()
                 last_health = now
             if now - last_print >= (1.0 if tty else 10.0):
-                frames = self.shared.counters.frames()
+                frames = self.frames()
                 rate_window.append((now, frames))
                 while len(rate_window) > 2 and now - rate_window[0][0] > 10.0:
                     rate_window.popleft()
@@ -491,30 +325,16 @@ class Trainer:
         if tty:
             print()
 
-    def _start_fleet(self) -> None:
-        self.group.start()
-
-    def _stop_fleet(self) -> None:
-        for record in self.group.stop():
-            self._take(record)
-
-    def _shut_down(self, serial_worker: Worker | None) -> bool:
-        """Stop the children, take their last records, save, close the files: each step on its own, so that no
+    def _shut_down(self) -> bool:
+        """Stop the workers, take their last records, save, close the files: each step on its own, so that no
         failure of one (a full disk under the CSV, say) costs the final checkpoint. True if the checkpoint was saved."""
-        steps = [
-            ("stopping the workers", self._stop_fleet),
-            ("closing the serial worker", serial_worker.close if serial_worker is not None else None),
-            ("taking the last records", lambda: self._drain(timeout=0.0)),
-        ]
-        for what, step in steps:
-            if step is None:
-                continue
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - logged; the save below must still happen
-                log.exception("failed while %s; saving the checkpoint all the same", what)
+        try:
+            for record in self.fleet.stop():
+                self._take(record)
+        except Exception:  # noqa: BLE001 - logged; the save below must still happen
+            log.exception("failed while stopping the workers; saving the checkpoint all the same")
         saved = self.save()
-        for close in (self.metrics.close, self.tensorboard.close if self.tensorboard else None, self.shared.close):
+        for close in (self.metrics.close, self.tensorboard.close if self.tensorboard else None, self.fleet.close):
             if close is not None:
                 with contextlib.suppress(OSError):
                     close()
@@ -522,9 +342,17 @@ class Trainer:
         return saved
 
 
-def train(cfg: Config) -> int:
-    """Build a Trainer and run it; returns the exit status."""
-    return Trainer(cfg).run()
+def say(line: str) -> None:
+    """A line for the user on stderr, as the run's own words: a3c: ..."""
+    print(f"a3c: {line}", file=sys.stderr, flush=True)
+
+
+def train(cfg: Config, fleet: Fleet) -> int:
+    """Run a Trainer with the fleet; returns the exit status. The fleet is closed however it ends."""
+    try:
+        return Trainer(cfg, fleet).run()
+    finally:
+        fleet.close()
 
 
 def redraw_plot(cfg: Config) -> int:

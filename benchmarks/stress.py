@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from a3c.config import build_config  # noqa: E402
+from a3c.fleet import LocalFleet  # noqa: E402
 from a3c.shared_optim import adam_moment_bound, find_damage  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
 
@@ -56,9 +57,9 @@ def watch(trainer: Trainer, stop: threading.Event, seconds: float, poison_after:
     first_frame_at = None
     while not stop.wait(0.5):
         report["peak_moment_ratio"] = max(report["peak_moment_ratio"], moment_ratio(trainer.optimizer))
-        if first_frame_at is None and trainer.shared.counters.frames() > 0:
+        if first_frame_at is None and trainer.fleet.shared.counters.frames() > 0:
             first_frame_at = time.monotonic()
-            report["frames_at_start"] = trainer.shared.counters.frames()
+            report["frames_at_start"] = trainer.fleet.shared.counters.frames()
         if first_frame_at is not None and time.monotonic() - first_frame_at >= seconds and not report["ended"]:
             report["ended"] = True
             os.kill(os.getpid(), signal.SIGTERM)
@@ -67,7 +68,7 @@ def watch(trainer: Trainer, stop: threading.Event, seconds: float, poison_after:
                 weight = next(p for p in trainer.model.parameters() if p.dim() >= 2)
                 with torch.no_grad():
                     weight.view(-1)[:10] = float("nan")
-                report["poisoned_at_frames"] = trainer.shared.counters.frames()
+                report["poisoned_at_frames"] = trainer.fleet.shared.counters.frames()
 
 
 def main() -> None:
@@ -97,7 +98,7 @@ def main() -> None:
         if args.lr is not None:
             overrides["lr"] = args.lr
         cfg = build_config(overrides)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, LocalFleet(cfg))
         report = {"peak_moment_ratio": 0.0, "poisoned_at_frames": None, "ended": False, "frames_at_start": 0}
         stop = threading.Event()
         watcher = threading.Thread(
@@ -110,23 +111,23 @@ def main() -> None:
             stop.set()
             watcher.join()
         seconds = args.minutes * 60
-        updates = trainer.shared.counters.updates()
+        updates = trainer.fleet.shared.counters.updates()
         summary = {
-            "env_name": cfg.env_name,
-            "n_workers": cfg.n_workers,
+            "env_name": trainer.cfg.env_name,
+            "n_workers": trainer.cfg.n_workers,
             "minutes": args.minutes,
             "lock_step": cfg.lock_step,
             "rollout_len": cfg.rollout_len,
-            "lr": cfg.lr,
+            "lr": trainer.cfg.lr,
             "exit_status": status,
             "stop_reason": trainer.stop_reason,
-            "frames": trainer.shared.counters.frames(),
+            "frames": trainer.fleet.shared.counters.frames(),
             "updates": updates,
             "updates_per_s": round(updates / seconds, 1),  # the few before the first frame counted are noise
-            "skipped_updates": trainer.shared.counters.totals().skipped_updates,
+            "skipped_updates": trainer.fleet.shared.counters.totals().skipped_updates,
             "poisoned_at_frames": report["poisoned_at_frames"],
-            "rollbacks": trainer.rollbacks,
-            "damage": [f"{what} at {frames:,} frames" for frames, what in trainer.damage_seen],
+            "rollbacks": trainer.health.rollbacks,
+            "damage": [f"{what} at {frames:,} frames" for frames, what in trainer.health.damage_seen],
             "damage_at_end": find_damage(trainer.model, trainer.optimizer),
             "peak_moment_ratio": round(report["peak_moment_ratio"], 4),
             "max_abs_weight": round(max(float(p.detach().abs().max()) for p in trainer.model.parameters()), 3),

@@ -41,6 +41,7 @@ from reference_env import make_reference_env  # noqa: E402
 from a3c.cli import make_parser  # noqa: E402
 from a3c.config import build_config  # noqa: E402
 from a3c.envs import frames_per_step  # noqa: E402
+from a3c.fleet import LocalFleet  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
 
 
@@ -91,12 +92,13 @@ def measure_training(cfg, seconds: float, warmup: float) -> dict:
     """Run the real trainer; frames/s and updates/s over `seconds` after the first frames plus `warmup`."""
     # A folder of its own for each measurement: a run never writes over another (a3c/run_files.py refuses to).
     out = tempfile.mkdtemp(prefix="run-", dir=Path(cfg.checkpoint_dir).parent)  # inside the temporary folder
-    trainer = Trainer(cfg.replace(max_seconds=0.0, checkpoint_dir=f"{out}/checkpoints", plot_dir=f"{out}/plots"))
+    cfg = cfg.replace(max_seconds=0.0, checkpoint_dir=f"{out}/checkpoints", plot_dir=f"{out}/plots")
+    trainer = Trainer(cfg, LocalFleet(cfg))
     marks: dict[str, tuple[float, int, int]] = {}
     memory: dict[str, float] = {}
 
     def monitor() -> None:
-        counters = trainer.shared.counters
+        counters = trainer.fleet.shared.counters
         while counters.frames() == trainer.counters["frames"] and trainer.stop_reason is None:
             time.sleep(0.05)  # start-up: spawning, imports, env creation
         time.sleep(warmup)
@@ -106,7 +108,7 @@ def measure_training(cfg, seconds: float, warmup: float) -> dict:
         import os
 
         memory["parent"] = uss_mib(os.getpid())
-        for rank, child in trainer.group.children.items():
+        for rank, child in trainer.fleet.group.children.items():
             try:
                 memory[f"worker-{rank}"] = uss_mib(child.process.pid)
             except OSError:

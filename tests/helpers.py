@@ -12,6 +12,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def local_trainer(cfg):
+    """A Trainer on this machine's fleet, as the CLI builds one for a local run."""
+    from a3c.fleet import LocalFleet
+    from a3c.trainer import Trainer
+
+    return Trainer(cfg, LocalFleet(cfg))
+
+
 def load_benchmark(name: str):
     """benchmarks/<name>.py as a module (benchmarks/ is a folder of scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")

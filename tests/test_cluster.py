@@ -17,7 +17,7 @@ from helpers import REPO_ROOT
 
 from a3c.checkpoint import load_checkpoint
 from a3c.cluster import GlobalModel, HostGroup, add_weights, copy_weights, flat_weights
-from a3c.config import build_config
+from a3c.config import build_config, settle_lr
 from a3c.envs import env_spaces
 from a3c.messages import WorkerFailure
 from a3c.model import build_model
@@ -80,7 +80,7 @@ def test_a_host_starts_a_dead_worker_again_until_it_keeps_dying():
     """A host's worker whose game raises: each death is reported and the worker started again, the fifth within 10
     minutes leaves it stopped, as a local run's limit would; each traceback travels to the driver as a record. The
     host runs in this process, its exchange thread idle (no cluster needed for the workers' side)."""
-    cfg = build_config({"env_name": "faulty_envs:CrashingGame-v0", "exchange_interval_s": 1e6})
+    cfg = settle_lr(build_config({"env_name": "faulty_envs:CrashingGame-v0", "exchange_interval_s": 1e6}), 1)
     model, _ = build_model(cfg, *env_spaces(cfg))
     optimizer = make_optimizer(cfg, model.parameters())
     host = HostGroup(cfg, 0, [3], flat_weights(model).numpy(), optimizer.state_dict(), None, frames=0)

@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 
 from a3c import cli
-from a3c.config import Config, ConfigError, build_config, default_lr, game_config_path, game_name, safe_name
+from a3c.config import (
+    BASE_LR,
+    Config,
+    ConfigError,
+    build_config,
+    default_lr,
+    game_config_path,
+    game_name,
+    safe_name,
+    settle_lr,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -60,18 +70,51 @@ def test_flag_beats_game_toml():
 
 
 def test_default_lr_falls_above_eight_workers(tmp_path: Path):
-    """Up to 8 workers keep the full lr; 16 get it x sqrt(1/2); a flag, a config file, --serial and a cluster's
-    workers per host decide instead."""
-    assert build_config({"n_workers": 2}).lr == build_config({"n_workers": 8}).lr == Config.lr == default_lr(1)
-    assert build_config({"n_workers": 16}).lr == pytest.approx(1.0607e-4, rel=1e-4)
-    assert build_config({"n_workers": 32}).lr == pytest.approx(Config.lr / 2)
-    assert build_config({"n_workers": 16, "lr": 3e-4}).lr == 3e-4
-    assert build_config({"n_workers": 16}, write_toml(tmp_path, "lr = 2e-4\n")).lr == 2e-4
-    assert build_config({"n_workers": 16, "env_name": "CartPole-v1"}).lr == 1e-3  # configs/cartpole.toml's
-    assert build_config({"n_workers": 16, "serial": True}).lr == Config.lr
-    cluster = {"n_workers": 2, "ray_address": "auto"}
-    assert build_config({**cluster, "workers_per_host": 32}).lr == pytest.approx(Config.lr / 2)
-    assert build_config(cluster).lr == Config.lr
+    """Up to 8 workers stepping one model keep the full lr; 16 get it x sqrt(1/2), 32 half. A flag or a config file
+    decides instead; without one, build_config leaves it to settle_lr."""
+    assert default_lr(1) == default_lr(2) == default_lr(8) == BASE_LR
+    assert default_lr(16) == pytest.approx(1.0607e-4, rel=1e-4)
+    assert default_lr(32) == pytest.approx(BASE_LR / 2)
+    assert build_config({"n_workers": 16}).lr is None
+    assert settle_lr(build_config({"n_workers": 16, "lr": 3e-4}), 16).lr == 3e-4
+    assert settle_lr(build_config({"n_workers": 16}, write_toml(tmp_path, "lr = 2e-4\n")), 16).lr == 2e-4
+    assert settle_lr(build_config({"n_workers": 16, "env_name": "CartPole-v1"}), 16).lr == 1e-3  # cartpole.toml's
+
+
+@pytest.mark.parametrize(
+    ("settings", "sharing", "lr"),
+    [
+        ({"n_workers": 16}, 16, default_lr(16)),  # this machine's workers step one model
+        ({"n_workers": 16, "serial": True}, 1, BASE_LR),  # one worker, in the trainer's process
+    ],
+    ids=["local", "serial"],
+)
+def test_the_lr_follows_the_workers_the_fleet_counts(tmp_path: Path, settings: dict, sharing: int, lr: float):
+    """The trainer decides the lr once, from the fleet it is given: 16 local workers get less, a serial run the full
+    lr whatever --n-workers says."""
+    from a3c.fleet import LocalFleet
+    from a3c.trainer import Trainer
+
+    cfg = build_config({"env_name": "CartPole-v1", **settings, "checkpoint_dir": str(tmp_path / "ck"),
+                        "plot_dir": str(tmp_path / "pl")}).replace(lr=None)  # fmt: skip
+    fleet = LocalFleet(cfg)
+    assert fleet.sharing == sharing
+    trainer = Trainer(cfg, fleet)
+    try:
+        assert trainer.cfg.lr == pytest.approx(lr)
+    finally:
+        trainer.close()
+
+
+def test_the_lr_on_a_cluster_follows_each_hosts_workers():
+    """On a cluster each host's workers step a host-local model: the lr follows the workers of the largest host,
+    not the cluster's sum (the fleet is made from Ray's nodes; no cluster is needed to count them)."""
+    cluster = pytest.importorskip("a3c.cluster")
+    cfg = build_config({"env_name": "PongNoFrameskip-v4", "ray_address": "auto"})
+    nodes = [cluster.Node("a", "10.0.0.1", 16), cluster.Node("b", "10.0.0.2", 8)]
+    fleet = cluster.RayFleet(cfg, nodes)
+    assert (fleet.sharing, fleet.workers) == (16, 24)
+    assert settle_lr(cfg, fleet.sharing).lr == pytest.approx(default_lr(16))
 
 
 def test_game_name_and_safe_name():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import pytest
+from helpers import local_trainer
 from PIL import Image
 
 from a3c import cli
@@ -15,7 +16,6 @@ from a3c.config import build_config
 from a3c.envs import make_env
 from a3c.evaluate import load_trained, play_game
 from a3c.metrics import read_csv, side_paths
-from a3c.trainer import Trainer
 
 PONG = "PongNoFrameskip-v4"
 
@@ -32,7 +32,7 @@ def train_briefly(tmp_path: Path, env_name: str, frames: int, **changes: object)
             **changes,
         }
     )
-    assert Trainer(cfg).run() == 0
+    assert local_trainer(cfg).run() == 0
     return cfg
 
 
@@ -149,7 +149,7 @@ def test_training_with_evaluator_losses_and_tensorboard(tmp_path: Path):
             "plot_dir": str(tmp_path / "pl"),
         }
     )
-    assert Trainer(cfg).run() == 0
+    assert local_trainer(cfg).run() == 0
     loss_csv, eval_csv = side_paths(cfg.csv_path)
     evals, losses = read_csv(eval_csv), read_csv(loss_csv)
     assert len(evals["mean"]) >= 1 and all(g == 2 for g in evals["games"])

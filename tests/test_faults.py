@@ -21,6 +21,7 @@ from helpers import (
     HAS_PROC,
     REPO_ROOT,
     assert_no_survivors,
+    local_trainer,
     read_log,
     run_main,
     start_main,
@@ -31,7 +32,7 @@ from helpers import (
 from a3c import trainer as trainer_module
 from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import build_config
-from a3c.trainer import EXIT_FAILED, Trainer
+from a3c.trainer import EXIT_FAILED
 
 pytestmark = pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find the run's processes")
 
@@ -155,11 +156,11 @@ def test_non_finite_updates_are_skipped_and_stop_the_run(tmp_path: Path):
             "plot_dir": str(tmp_path / "pl"),
         }
     )
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     assert trainer.run() == EXIT_FAILED
     assert "non-finite" in trainer.stop_reason
-    _, updates, skipped = trainer.shared.counters.totals()
+    _, updates, skipped = trainer.fleet.shared.counters.totals()
     assert skipped >= 20 and updates == 0
     payload = load_checkpoint(tmp_path / "ck" / "faulty_envs_NanRewardGame-v0.pt")
     for name, weights in payload["model"].items():
@@ -180,13 +181,13 @@ def test_skips_from_damaged_shared_weights_roll_back_instead_of_ending_the_run(t
             "plot_dir": str(tmp_path / "pl"),
         }
     )
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     with torch.no_grad():
         next(trainer.model.parameters()).view(-1)[:3] = float("nan")
     assert trainer.run() == 0, trainer.stop_reason
-    assert trainer.shared.counters.totals().skipped_updates >= 20 and trainer.rollbacks == 1
-    assert trainer.damage_seen[0][1].startswith("non-finite weights")
-    _, updates, skipped = trainer.shared.counters.totals()
+    assert trainer.fleet.shared.counters.totals().skipped_updates >= 20 and trainer.health.rollbacks == 1
+    assert trainer.health.damage_seen[0][1].startswith("non-finite weights")
+    _, updates, skipped = trainer.fleet.shared.counters.totals()
     assert updates > skipped  # it learned again after the rollback
 
 
@@ -268,7 +269,7 @@ def test_full_disk_during_training_is_reported_and_training_goes_on(tmp_path: Pa
         {"env_name": CARTPOLE, "serial": True, "max_frames": 200, "hidden_size": 16,
          "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
     )  # fmt: skip
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     trainer.save()
     good = cfg.checkpoint_path.read_bytes()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -297,7 +298,7 @@ def test_a_full_disk_under_the_csv_costs_rows_never_the_final_checkpoint(tmp_pat
             {"env_name": CARTPOLE, "serial": True, "max_frames": 20_000, "hidden_size": 16, "save_interval_s": 1000,
              "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(plots)}
         )  # fmt: skip
-        trainer = Trainer(cfg)
+        trainer = local_trainer(cfg)
         assert trainer.run() == 0, trainer.stop_reason
         rows = len(cfg.csv_path.read_text().splitlines()) - 1
     finally:
@@ -316,7 +317,7 @@ def test_a_save_writes_only_sound_statistics_while_a_step_outside_the_lock_damag
         {"env_name": CARTPOLE, "serial": True, "lock_step": False, "hidden_size": 16, "save_interval_s": 1000,
          "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
     )  # fmt: skip
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     statistic = trainer.optimizer.state[trainer.optimizer.param_groups[0]["params"][0]]["exp_avg_sq"]
     done = threading.Event()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_main
+from helpers import local_trainer, run_main
 from torch import nn
 from torch.testing import assert_close
 
@@ -17,7 +17,6 @@ from a3c.learners import tape as tape_module
 from a3c.learners.tape import LAYER_KINDS, Tape, tape_refusal
 from a3c.losses import LossTerms, a3c_loss, compute_targets
 from a3c.model import ActorCritic, PixelConv2d
-from a3c.trainer import Trainer
 from a3c.worker import Worker
 
 LEARNERS = ["tape", "autograd"]
@@ -232,9 +231,9 @@ def _settings(tmp_path: Path, **settings: object) -> dict[str, object]:
 def worker_updates_match_autograd(tmp_path: Path, updates: int, **settings: object) -> list[Rollout]:
     """Run a real worker's collect and update `updates` times, checking each update's gradients (and their memory
     layout, which the fused Adam step relies on) against autograd on the rollout it collected."""
-    trainer = Trainer(build_config(_settings(tmp_path, max_grad_norm=1e9, **settings)))  # 1e9: no clipping
+    trainer = local_trainer(build_config(_settings(tmp_path, max_grad_norm=1e9, **settings)))  # 1e9: no clipping
     assert trainer.cfg.learner == settings["learner"]
-    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
+    worker = Worker(0, trainer.cfg, trainer.fleet.shared, trainer.fleet.outbox)
     rollouts = []
     try:
         for _ in range(updates):
@@ -271,9 +270,9 @@ def test_fresh_gradients_are_taken_at_the_shared_weights_of_the_update(tmp_path:
     """--fresh-gradients: when other workers have stepped the shared model during a rollout, the update's gradients
     are autograd's at the shared weights it finds, not at those the rollout began with; auto picks autograd."""
     settings = _settings(tmp_path, env_name="CartPole-v1", max_grad_norm=1e9, fresh_gradients=True)
-    trainer = Trainer(build_config(settings))
+    trainer = local_trainer(build_config(settings))
     assert trainer.cfg.learner == "autograd"
-    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
+    worker = Worker(0, trainer.cfg, trainer.fleet.shared, trainer.fleet.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
@@ -300,12 +299,12 @@ def test_staleness_counts_the_updates_between_the_gradients_weights_and_its_step
     """The losses CSV's staleness: shared updates that landed between the copy of the weights a gradient was taken
     at and its step. Three land during the rollout: a gradient at the rollout's weights counts them, a fresh one
     (taken after them) does not."""
-    trainer = Trainer(build_config(_settings(tmp_path, env_name="CartPole-v1", fresh_gradients=fresh)))
-    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
+    trainer = local_trainer(build_config(_settings(tmp_path, env_name="CartPole-v1", fresh_gradients=fresh)))
+    worker = Worker(0, trainer.cfg, trainer.fleet.shared, trainer.fleet.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
-        trainer.shared.counters.row(-1)[1] += 3  # three other workers' steps meanwhile (the owner's row)
+        trainer.fleet.shared.counters.row(-1)[1] += 3  # three other workers' steps meanwhile (the owner's row)
         assert worker.update(rollout) is not None
         assert worker.loss_sums["staleness"] == (0 if fresh else 3)
     finally:
@@ -317,10 +316,10 @@ def test_staleness_counts_the_updates_between_the_gradients_weights_and_its_step
 def test_worker_update_clips_the_gradient_norm(tmp_path: Path, learner: str, max_grad_norm: float):
     """Above --max-grad-norm every gradient is scaled by max / (norm + 1e-6), as clip_grad_norm_ does; within it
     they are left as they are."""
-    trainer = Trainer(
+    trainer = local_trainer(
         build_config(_settings(tmp_path, env_name="CartPole-v1", max_grad_norm=max_grad_norm, learner=learner))
     )
-    worker = Worker(0, trainer.cfg, trainer.shared, trainer.outbox)
+    worker = Worker(0, trainer.cfg, trainer.fleet.shared, trainer.fleet.outbox)
     try:
         worker.sync()
         rollout = worker.collect()
@@ -359,10 +358,10 @@ def test_serial_training_through_either_learner_ends_at_the_same_weights(tmp_pat
                 tmp_path / learner, env_name=env_name, serial=True, learner=learner, max_frames=6 * frames_per_update
             )
         )
-        trainer = Trainer(cfg)
+        trainer = local_trainer(cfg)
         start = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
         assert trainer.run() == 0
-        assert trainer.shared.counters.totals()[1:] == (6, 0)
+        assert trainer.fleet.shared.counters.totals()[1:] == (6, 0)
         weights[learner] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     moved = torch.linalg.vector_norm(weights["autograd"] - start)
     assert moved > 0

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import local_trainer
 
 from a3c.config import build_config
 from a3c.metrics import read_csv
-from a3c.trainer import Trainer
 
 
 @pytest.mark.learning
@@ -32,7 +32,7 @@ def test_two_workers_learn_cartpole_to_195(tmp_path):
             "plot_dir": str(tmp_path / "plots"),
         }
     )
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     status = trainer.run()
     assert status == 0
     columns = read_csv(cfg.csv_path)

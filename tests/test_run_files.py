@@ -9,12 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import HAS_PROC, assert_no_survivors, read_log, start_main, wait_for
+from helpers import HAS_PROC, assert_no_survivors, local_trainer, read_log, start_main, wait_for
 
 from a3c import cli
 from a3c.checkpoint import load_checkpoint
 from a3c.config import ConfigError, build_config
-from a3c.trainer import Trainer
 
 
 def cartpole(tmp_path: Path, *extra: str) -> list[str]:
@@ -80,13 +79,13 @@ def test_a_trainer_holds_its_files_until_its_run_ends(tmp_path: Path):
     gets them once the first has run."""
     cfg = build_config({"env_name": "CartPole-v1", "serial": True, "max_frames": 200, "hidden_size": 16,
                         "checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")})  # fmt: skip
-    first = Trainer(cfg)
+    first = local_trainer(cfg)
     first.save()
     for second in (cfg, cfg.replace(use_trained=True)):
         with pytest.raises(ConfigError, match=r"another run \(pid \d+, started .*\) is training CartPole-v1"):
-            Trainer(second)
+            local_trainer(second)
     assert first.run() == 0
-    Trainer(cfg.replace(use_trained=True)).close()
+    local_trainer(cfg.replace(use_trained=True)).close()
 
 
 @pytest.mark.skipif(not HAS_PROC, reason="needs /proc to find the run's processes")

@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import local_trainer
 
 from a3c.checkpoint import load_checkpoint
 from a3c.config import build_config
 from a3c.fleet import new_step_lock
+from a3c.health import MAX_ROLLBACKS
 from a3c.processes import StepLock
 from a3c.shared_optim import find_damage
-from a3c.trainer import EXIT_FAILED, MAX_ROLLBACKS, Trainer
+from a3c.trainer import EXIT_FAILED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,14 +113,14 @@ def test_damage_that_keeps_coming_back_ends_the_run_with_sound_weights(tmp_path:
             "plot_dir": str(tmp_path / "pl"),
         }
     )
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     weight = next(p for p in trainer.model.parameters() if p.dim() >= 2)
     done = threading.Event()
 
     def poison_after_each_rollback() -> None:
         poisoned = 0
         while not done.is_set() and poisoned < MAX_ROLLBACKS:
-            if find_damage(trainer.model, trainer.optimizer) is None and trainer.shared.counters.frames() > 0:
+            if find_damage(trainer.model, trainer.optimizer) is None and trainer.fleet.shared.counters.frames() > 0:
                 with torch.no_grad():
                     weight.view(-1)[0] = float("inf")
                 poisoned += 1
@@ -131,7 +133,7 @@ def test_damage_that_keeps_coming_back_ends_the_run_with_sound_weights(tmp_path:
     finally:
         done.set()
         poisoner.join()
-    assert trainer.rollbacks == MAX_ROLLBACKS
+    assert trainer.health.rollbacks == MAX_ROLLBACKS
     assert f"damaged {MAX_ROLLBACKS} times" in trainer.stop_reason
     payload = load_checkpoint(cfg.checkpoint_path)
     assert all(torch.isfinite(w).all() for w in payload["model"].values())

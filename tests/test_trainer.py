@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import HAS_PROC, assert_no_survivors, run_main
+from helpers import HAS_PROC, assert_no_survivors, local_trainer, run_main
 
 from a3c import cli
 from a3c.checkpoint import load_checkpoint, save_checkpoint
@@ -19,7 +19,6 @@ from a3c.envs import env_spaces
 from a3c.metrics import COLUMNS, LOSS_COLUMNS, GameResult, Metrics, SideLog, read_csv
 from a3c.model import build_model
 from a3c.processes import StepLock
-from a3c.trainer import Trainer
 
 PONG = "PongNoFrameskip-v4"
 HEADER = ",".join(COLUMNS)
@@ -58,7 +57,7 @@ def test_serial_runs_with_the_same_seed_are_identical(tmp_path: Path):
     payloads = []
     for name in ("a", "b"):
         cfg = serial_cfg(tmp_path, name)
-        assert Trainer(cfg).run() == 0
+        assert local_trainer(cfg).run() == 0
         payloads.append(load_checkpoint(cfg.checkpoint_path))
     assert_same_weights(payloads[0]["model"], payloads[1]["model"])
 
@@ -69,7 +68,7 @@ def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     payloads = []
     for name in ("a", "b"):
         cfg = serial_cfg(tmp_path, name)
-        assert Trainer(cfg).run() == 0
+        assert local_trainer(cfg).run() == 0
         payloads.append(load_checkpoint(cfg.checkpoint_path))
     a, b = payloads
     assert_same_weights(a["model"], b["model"])
@@ -79,23 +78,23 @@ def test_serial_runs_are_identical_once_torch_is_seeded(tmp_path: Path):
     assert a["counters"]["games"] > 0  # CartPole games are short: the histories compared above are not empty
     # Training changed the weights: the determinism is not that of a model that never moved.
     torch.manual_seed(3)
-    fresh = Trainer(serial_cfg(tmp_path, "c")).model.state_dict()
+    fresh = local_trainer(serial_cfg(tmp_path, "c")).model.state_dict()
     assert any(not torch.equal(fresh[k], a["model"][k]) for k in fresh)
 
 
 def test_lr_is_annealed_by_the_frame_count(tmp_path: Path):
     """With --lr-end the worker's steps use the annealed lr: past lr_anneal_frames it has reached lr_end."""
     cfg = serial_cfg(tmp_path, "anneal", lr=1e-3, lr_end=1e-4, lr_anneal_frames=1000)
-    trainer = Trainer(cfg)
+    trainer = local_trainer(cfg)
     assert trainer.run() == 0
-    assert trainer.shared.counters.frames() >= 2000
+    assert trainer.fleet.shared.counters.frames() >= 2000
     assert [group["lr"] for group in trainer.optimizer.param_groups] == [pytest.approx(1e-4)]
 
 
 def test_run_without_finished_games_still_draws_png(tmp_path: Path, capsys: pytest.CaptureFixture):
     """A run too short to finish a Pong game still writes the PNG its last line says it saved."""
     cfg = serial_cfg(tmp_path, "short", env_name=PONG, max_frames=160, rollout_len=20)
-    assert Trainer(cfg).run() == 0
+    assert local_trainer(cfg).run() == 0
     assert cfg.checkpoint_path.exists()
     assert cfg.csv_path.read_text().splitlines() == [HEADER]
     assert str(cfg.plot_path) in capsys.readouterr().out
@@ -200,7 +199,7 @@ def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe
     from what was asked, and the lr it trained at."""
     dirs = {"checkpoint_dir": str(tmp_path / "ck"), "plot_dir": str(tmp_path / "pl")}
     paper = {"arch": "paper", "frame_size": 84, "frame_stack": 4, "standardize_frames": False, "fc_layer": True}
-    old = Trainer(build_config({"env_name": PONG, "n_workers": 1, **paper, **dirs}))
+    old = local_trainer(build_config({"env_name": PONG, "n_workers": 1, **paper, **dirs}))
     payload = old.payload()
     for key in ("standardize_frames", "fc_layer", "crop_top", "crop_bottom"):
         del payload["config"][key]
@@ -210,7 +209,7 @@ def test_resume_keeps_the_network_of_a_checkpoint_from_before_the_default_recipe
     save_checkpoint(payload, old.cfg.checkpoint_path)
     old.close()  # its run is over: the lock on the run's files goes with it
 
-    resumed = Trainer(build_config({"env_name": PONG, "n_workers": 1, "use_trained": True, **dirs}))
+    resumed = local_trainer(build_config({"env_name": PONG, "n_workers": 1, "use_trained": True, **dirs}))
     assert {name: getattr(resumed.cfg, name) for name in paper} == paper
     assert (resumed.cfg.crop_top, resumed.cfg.crop_bottom) == (0, 0)
     assert resumed.spec["obs_shape"] == [4, 84, 84]
@@ -229,7 +228,7 @@ def test_a_resumed_run_steps_with_its_own_optimizer_settings(tmp_path: Path):
         "checkpoint_dir": str(tmp_path / "ck"),
         "plot_dir": str(tmp_path),
     }
-    old = Trainer(build_config(dirs))
+    old = local_trainer(build_config(dirs))
     for p in old.model.parameters():
         p.grad = torch.ones_like(p)
     old.optimizer.step()
@@ -237,7 +236,7 @@ def test_a_resumed_run_steps_with_its_own_optimizer_settings(tmp_path: Path):
     old.close()
 
     asked = {"lr": 2e-4, "adam_beta1": 0.0, "adam_eps": 1e-5}
-    resumed = Trainer(build_config({**dirs, **asked, "use_trained": True}))
+    resumed = local_trainer(build_config({**dirs, **asked, "use_trained": True}))
     group = resumed.optimizer.param_groups[0]
     assert (group["lr"], group["betas"], group["eps"]) == (2e-4, (0.0, 0.999), 1e-5)
     saved = old.optimizer.state[old.optimizer.param_groups[0]["params"][0]]["exp_avg"]
@@ -306,17 +305,15 @@ def test_end_to_end_pong_two_workers_resume_and_plot(tmp_path: Path):
 # -- health checks of the shared model -----------------------------------------------------------------------------
 
 
-def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(
-    tiny_cfg: Config, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
-):
+def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(tiny_cfg: Config, capsys: pytest.CaptureFixture):
     """The unlocked look may catch a step half-way: a NaN that is gone once the lock is held is not rolled back,
     and one that is still there is, with one line on stderr."""
-    trainer = Trainer(tiny_cfg)
+    trainer = local_trainer(tiny_cfg)
     weight = next(trainer.model.parameters())
     sound = weight.detach().clone()
     with torch.no_grad():
         weight[0, 0] = float("nan")
-    worker_handle = StepLock(trainer.shared.step_lock.path)  # a handle of its own, as a worker process opens
+    worker_handle = StepLock(trainer.fleet.shared.step_lock.path)  # a handle of its own, as a worker process opens
     lock = worker_handle.held()
     lock.__enter__()  # a worker "in its step": the trainer's confirmation waits for it
     result: list[bool] = []
@@ -327,12 +324,12 @@ def test_damage_is_confirmed_under_the_step_lock_before_a_rollback(
         weight.copy_(sound)  # the step finishes and leaves sound weights
     lock.__exit__(None, None, None)
     checker.join(timeout=10)
-    assert result == [True] and trainer.rollbacks == 0
-    assert "under the lock all is sound: nothing rolled back" in caplog.text
+    assert result == [True] and trainer.health.rollbacks == 0
+    assert "under the lock all is sound: nothing rolled back" in capsys.readouterr().err
 
     with torch.no_grad():
         weight[0, 0] = float("nan")
     assert trainer.check_health() is False
-    assert trainer.rollbacks == 1 and torch.isfinite(weight).all()
+    assert trainer.health.rollbacks == 1 and torch.isfinite(weight).all()
     err = capsys.readouterr().err
     assert "non-finite weights in" in err and "rolled back" in err and "first seen without the lock" not in err
