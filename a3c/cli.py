@@ -6,11 +6,15 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from a3c import run_files
 from a3c.checkpoint import STOPPED_AT_ONCE, CheckpointError
 from a3c.config import LEARNERS, LR_FULL_WORKERS, OPTIMIZERS, Config, ConfigError, build_config, default_lr
 from a3c.model import CONV_TRUNKS
+
+if TYPE_CHECKING:  # fleet.py loads torch, which the CLI loads only once the flags are good
+    from a3c.fleet import Fleet
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -234,6 +238,17 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_fleet(cfg: Config) -> Fleet:
+    """The workers the run's trainer drives: a Ray cluster's hosts with --ray-address, else this machine's."""
+    if cfg.ray_address is not None:
+        from a3c import cluster  # only here: a local run never imports Ray
+
+        return cluster.RayFleet.connect(cfg)
+    from a3c.fleet import LocalFleet
+
+    return LocalFleet(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, build and validate the config, then train or plot. Returns the exit status."""
     try:
@@ -273,15 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if plot_only:
             return trainer.redraw_plot(cfg)
-        if cfg.ray_address is not None:
-            from a3c import cluster  # only here: a local run never imports Ray
-
-            fleet = cluster.RayFleet.connect(cfg)
-        else:
-            from a3c.fleet import LocalFleet
-
-            fleet = LocalFleet(cfg)
-        return trainer.train(cfg, fleet)
+        return trainer.train(cfg, make_fleet(cfg))
     except (ConfigError, CheckpointError) as error:
         print(f"a3c: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -74,6 +74,30 @@ def add_weights(model: nn.Module, vector: torch.Tensor) -> None:
             offset += p.numel()
 
 
+def fold_in(model: nn.Module, sent_from: torch.Tensor, global_weights: torch.Tensor) -> None:
+    """A host's side of an exchange: it sent (sent_from - base) and got global_weights back. Adding
+    (global_weights - sent_from) gives it the other hosts' progress and keeps the steps its own workers took while the
+    exchange was under way, which go with its next delta."""
+    add_weights(model, global_weights - sent_from)
+
+
+def average_statistics(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's optimizer statistics from its hosts' (optimizer state_dicts of one network): every tensor of the
+    per-parameter state (Adam's step, exp_avg and exp_avg_sq; RMSprop's square_avg) averaged over the hosts, the
+    param groups of the first. Each host's statistics estimate the same moments of the same run's gradients, so
+    their mean is that estimate with less noise, and a resume on any number of hosts starts every host from it."""
+    first = states[0]
+    averaged: dict[int, dict[str, Any]] = {}
+    for index, state in first["state"].items():
+        averaged[index] = {
+            key: torch.stack([s["state"][index][key].float() for s in states]).mean(0).to(value.dtype)
+            if torch.is_tensor(value)
+            else value
+            for key, value in state.items()
+        }
+    return {"state": averaged, "param_groups": first["param_groups"]}
+
+
 class GlobalModel:
     """The global weights (one float32 vector) and the frames the hosts have sent. A Ray actor: its methods run one
     at a time, so each exchange adds a whole delta."""
@@ -189,7 +213,7 @@ class HostGroup:
         self.frames_sent = own
         global_weights = torch.from_numpy(np.array(weights))
         with self.shared.step_lock.held():
-            add_weights(self.model, global_weights - sent_from)
+            fold_in(self.model, sent_from, global_weights)
             self.health.take_snapshot()
         self.base = global_weights
         others = total_frames - self.start_frames - own - self.foreign_frames
@@ -269,14 +293,15 @@ class RayFleet:
     """A fleet of host groups on a Ray cluster, for a Trainer that does not know it: a HostGroup actor on each live
     node (each running this machine's WorkerGroup on a host-local model) and the GlobalModel actor they exchange
     with. The trainer's model is this driver's copy of the global weights: pull() reads them (and, with statistics,
-    the first live host's optimizer statistics), push() writes them back after a rollback. Records and counts come
+    the mean of the live hosts' optimizer statistics), push() writes them back after a rollback. Records and counts come
     from the hosts' polls, frames counted over all hosts; the evaluator, if any, runs beside the driver on its copy."""
 
     def __init__(self, cfg: Config, nodes: list[Node]):
         self.nodes = nodes
-        # Each host's workers step their host-local model: the lr follows the largest host's count.
-        self.sharing = max(node.workers for node in nodes)
-        self.workers = sum(node.workers for node in nodes)
+        # Every host's steps reach the global model (the exchange adds each host's delta), so the cluster is one
+        # Hogwild run of all its workers, some of whose steps arrive late: the lr is that of all of them on one
+        # machine, and the global model's step does not grow with the hosts (fold_in, tests/test_cluster_rule.py).
+        self.workers = self.sharing = sum(node.workers for node in nodes)
         self.global_model: Any = None
         self.hosts: dict[int, Any] = {}  # host index -> HostGroup actor handle, while alive
         self.reports: dict[int, HostReport] = {}
@@ -403,15 +428,18 @@ class RayFleet:
             else:
                 copy_weights(self.model, torch.from_numpy(np.array(weights)))
                 self.pulled_at_frames = int(frames)
-        for handle in list(self.hosts.values()) if statistics else []:
+        if not statistics:
+            return
+        states = []
+        for handle in list(self.hosts.values()):
             try:
-                state = ray.get(handle.optimizer_state.remote(), timeout=STOP_WAIT_S)
+                states.append(ray.get(handle.optimizer_state.remote(), timeout=STOP_WAIT_S))
             except (RayError, GetTimeoutError):
-                continue
-            self.optimizer.load_state_dict(state)
+                continue  # a host being lost: the others' statistics stand for the run
+        if states:
+            self.optimizer.load_state_dict(average_statistics(states))
             apply_settings(self.optimizer, self.cfg)
             self.optimizer.share_memory()
-            return
 
     def push(self) -> None:
         if self.global_model is not None:  # the hosts fold the sound weights in at their next exchange

@@ -275,8 +275,8 @@ def default_lr(n_workers: int) -> float:
 
 def settle_lr(cfg: Config, sharing: int) -> Config:
     """The run's config with its lr decided: the one a flag or a config file gave, else default_lr of `sharing`, the
-    workers that step one model as the fleet counts them (this machine's workers, 1 in serial mode, a cluster
-    host's). The one place the lr is decided."""
+    workers whose steps reach one model as the fleet counts them (this machine's workers, 1 in serial mode, every
+    host's on a cluster). The one place the lr is decided."""
     return cfg if cfg.lr is not None else cfg.replace(lr=default_lr(sharing))
 
 

@@ -264,9 +264,9 @@ class Fleet(Protocol):
     """The workers a Trainer drives, wherever they run: this machine's (LocalFleet) or a Ray cluster's hosts
     (cluster.RayFleet). The trainer knows nothing else of them.
 
-    Its size is known when it is made, before the run's config is final: `sharing` is how many workers step one
-    model (the lr follows it, config.settle_lr), `workers` how many there are in all. prepare() is given the model and
-    optimizer the trainer built (and maybe resumed), and the counts to go on from; start() starts the workers."""
+    Its size is known when it is made, before the run's config is final: `sharing` is how many workers' steps reach
+    one model (the lr follows it, config.settle_lr), `workers` how many there are in all. prepare() is given the model
+    and optimizer the trainer built (and maybe resumed), and the counts to go on from; start() starts the workers."""
 
     sharing: int
     workers: int

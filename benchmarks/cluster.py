@@ -7,6 +7,9 @@
 2. Traffic: bytes per second per host, as the driver logs them at the end of the cluster runs.
 3. The exchanges per second one GlobalModel actor absorbs: --callers loops, each sending a fresh delta of the
    game's network size and taking the weights back, as hosts do, as fast as they can.
+4. Where one GlobalModel saturates (--fake-hosts 8,32,128): that many fake hosts each exchange once a second, as
+   hosts at the default --exchange-interval do; served exchanges/s, reply times and the head's traffic for each.
+   --pairs 0 leaves out 1 and 2.
 Prints a table; the last line is JSON.
 """
 
@@ -89,6 +92,67 @@ def absorb(env_name: str, callers: int, seconds: float) -> dict[str, float]:
     return {"parameters": int(weights.size), "callers": callers, "exchanges_per_s": round(done / elapsed, 1)}
 
 
+def saturation(env_name: str, hosts: int, seconds: float) -> dict[str, float]:
+    """`hosts` fake hosts, each sending a delta of this game's network to one GlobalModel once a second (a host at
+    the default --exchange-interval), staggered over the second, one exchange in flight each, for `seconds`. The
+    deltas are put in the object store once, so this process's own serialising does not limit the rate; the replies
+    (the global weights) are not fetched. Served below 95% of offered, or a p99 reply slower than the interval, is
+    saturation."""
+    import numpy as np
+    import ray
+
+    from a3c.cluster import GlobalModel, flat_weights
+    from a3c.config import build_config
+    from a3c.envs import env_spaces
+    from a3c.model import build_model
+
+    cfg = build_config({"env_name": env_name})
+    model, _ = build_model(cfg, *env_spaces(cfg))
+    weights = flat_weights(model).numpy()
+    global_model = ray.remote(GlobalModel).options(num_cpus=0).remote(weights, 0)
+    ray.get(global_model.get.remote())
+    rng = np.random.default_rng(0)
+    deltas = [ray.put(rng.standard_normal(weights.size).astype(np.float32) * 1e-6) for _ in range(8)]
+    start = time.monotonic()
+    due = {host: start + host / hosts for host in range(hosts)}  # host -> when it sends next
+    in_flight: dict[object, tuple[int, float]] = {}  # reply -> (host, sent at)
+    latencies: list[float] = []
+    while True:
+        now = time.monotonic()
+        if now - start >= seconds:
+            break
+        for host, when in list(due.items()):
+            if when <= now:
+                del due[host]
+                in_flight[global_model.exchange.remote(deltas[host % len(deltas)], 1)] = (host, now)
+        wait_s = max(0.0, min(due.values(), default=now + 0.05) - time.monotonic())
+        if not in_flight:
+            time.sleep(wait_s)
+            continue
+        ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=wait_s, fetch_local=False)
+        for ref in ready:
+            host, sent = in_flight.pop(ref)
+            done_at = time.monotonic()
+            latencies.append(done_at - sent)
+            due[host] = max(sent + 1.0, done_at)
+    elapsed = time.monotonic() - start
+    ray.get(list(in_flight), timeout=60)
+    ray.kill(global_model)
+    served = len(latencies) / elapsed
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else float("nan")
+    return {
+        "hosts": hosts,
+        "offered_per_s": float(hosts),
+        "served_per_s": round(served, 1),
+        "reply_p50_ms": round(p50 * 1e3, 1),
+        "reply_p99_ms": round(p99 * 1e3, 1),
+        "saturated": served < 0.95 * hosts or p99 > 1.0,
+        "head_mb_per_s": round(served * 2 * weights.nbytes / 1e6, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-name", default="PongNoFrameskip-v4")
@@ -98,6 +162,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="local/cluster pairs, alternated")
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--absorb-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--fake-hosts",
+        default="",
+        help="comma-separated host counts: for each, that many fake hosts exchange with one GlobalModel once a second",
+    )
+    parser.add_argument("--fake-host-seconds", type=float, default=20.0)
     args = parser.parse_args()
     address = os.environ.get("RAY_ADDRESS")
     if not address:
@@ -126,15 +196,24 @@ def main() -> None:
     ray.init(address=address, log_to_driver=False, logging_level="error")
     try:
         capacity = absorb(args.env_name, args.callers, args.absorb_seconds)
+        loads = [saturation(args.env_name, int(n), args.fake_host_seconds) for n in args.fake_hosts.split(",") if n]
     finally:
         ray.shutdown()
-    ratio = statistics.median(cluster_rates) / statistics.median(local_rates)
+    for load in loads:
+        print(
+            f"{load['hosts']:>4} fake hosts at 1 exchange/s: {load['served_per_s']:,.1f} served/s, replies in "
+            f"{load['reply_p50_ms']:,.0f} ms (p99 {load['reply_p99_ms']:,.0f} ms), the head's traffic "
+            f"{load['head_mb_per_s']:,.0f} MB/s{', saturated' if load['saturated'] else ''}"
+        )
+    ratio = statistics.median(cluster_rates) / statistics.median(local_rates) if local_rates else float("nan")
     mb_per_s = statistics.median(t["mb_per_s"] for t in traffic) if traffic else float("nan")
-    print(
-        f"\n{args.env_name}, {args.workers} workers: local {statistics.median(local_rates):,.0f} f/s, one host through "
-        f"Ray {statistics.median(cluster_rates):,.0f} f/s ({ratio:.3f} of local, overhead {(1 - ratio) * 100:.1f}%)"
-    )
-    print(f"traffic per host: {mb_per_s:.2f} MB/s in and out ({len(traffic)} host runs)")
+    if local_rates:  # --pairs 0 measures only the GlobalModel
+        print(
+            f"\n{args.env_name}, {args.workers} workers: local {statistics.median(local_rates):,.0f} f/s, one host "
+            f"through Ray {statistics.median(cluster_rates):,.0f} f/s ({ratio:.3f} of local, overhead "
+            f"{(1 - ratio) * 100:.1f}%)"
+        )
+        print(f"traffic per host: {mb_per_s:.2f} MB/s in and out ({len(traffic)} host runs)")
     print(
         f"one GlobalModel absorbs {capacity['exchanges_per_s']:,.1f} exchanges/s of {capacity['parameters']:,} "
         f"parameters from {capacity['callers']} callers"
@@ -150,6 +229,7 @@ def main() -> None:
         "traffic": traffic,
         "mb_per_s_per_host": mb_per_s,
         "absorb": capacity,
+        "fake_hosts": loads,
     }
     print(json.dumps(summary))
 

@@ -18,9 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from a3c.cli import make_parser  # noqa: E402
+from a3c.cli import make_fleet, make_parser  # noqa: E402
 from a3c.config import build_config, game_name  # noqa: E402
-from a3c.fleet import LocalFleet  # noqa: E402
 from a3c.metrics import WINDOW, read_csv  # noqa: E402
 from a3c.trainer import Trainer  # noqa: E402
 
@@ -69,7 +68,7 @@ def main() -> None:
     if cfg.max_seconds == 0 and cfg.max_frames == 0 and cfg.target_reward is None:
         raise SystemExit("learning.py: give --max-seconds or --max-frames (or a --target-reward) so the run ends")
 
-    trainer = Trainer(cfg, LocalFleet(cfg))
+    trainer = Trainer(cfg, make_fleet(cfg))  # a Ray cluster's hosts with --ray-address, as main.py would
     status = trainer.run()
     cfg = trainer.cfg  # as the trainer ran it: a resumed run keeps its checkpoint's network, --learner auto resolved
     milestones = MILESTONES.get(game_name(cfg.env_name), [cfg.target_reward] if cfg.target_reward is not None else [])
@@ -97,11 +96,13 @@ def main() -> None:
         "seed": cfg.seed,
         "arch": cfg.arch,
         "learner": cfg.learner,
+        "ray_address": cfg.ray_address,
+        "hosts": len(getattr(trainer.fleet, "nodes", [])) or None,
         "commit": commit,
         "exit_status": status,
         "games": len(columns.get("score", [])),
         "frames": int(columns["frames"][-1]) if columns.get("frames") else 0,  # when the last game ended
-        "frames_trained": trainer.fleet.shared.counters.frames(),  # when training stopped
+        "frames_trained": trainer.fleet.counts().frames,  # when training stopped
         "max_frames": cfg.max_frames,
         "seconds": round(columns["time_s"][-1], 1) if columns.get("time_s") else 0.0,
         "final_avg100": columns["avg100"][-1] if columns.get("avg100") else None,

@@ -11,14 +11,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO_ROOT
 
 from a3c.checkpoint import load_checkpoint
-from a3c.cluster import GlobalModel, HostGroup, add_weights, copy_weights, flat_weights
+from a3c.cluster import (
+    GlobalModel,
+    HostGroup,
+    Node,
+    RayFleet,
+    add_weights,
+    average_statistics,
+    copy_weights,
+    flat_weights,
+    fold_in,
+)
 from a3c.config import build_config, settle_lr
 from a3c.envs import env_spaces
+from a3c.fleet import LocalFleet
 from a3c.messages import WorkerFailure
 from a3c.model import build_model
 from a3c.shared_optim import make_optimizer
@@ -73,6 +85,77 @@ def test_a_host_folds_the_global_weights_in_and_keeps_its_own_steps():
     assert torch.allclose(flat_weights(host), expected_global + steps_meanwhile, atol=1e-6)
     copy_weights(host, base)
     assert torch.equal(flat_weights(host), base)
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 4])
+def test_hosts_with_the_same_gradients_move_the_global_model_as_one_machine_with_all_their_workers(hosts: int):
+    """The exchange rule's known answer, on a toy problem with an exact one: a constant gradient, plain SGD. H hosts
+    of 8 workers, each step a worker takes, exchanged at random moments in random order with the real GlobalModel and
+    fold_in, move the global model exactly as 8H workers on one machine would: every step lands once, at the lr that
+    8H workers get locally (settle_lr of each fleet). Summing deltas at the largest host's lr moved it about H times
+    as far at 16 workers and more, as issue #40 found."""
+    workers, steps_each = 8, 30
+    cfg = build_config({"env_name": "CartPole-v1", "ray_address": "auto"}).replace(lr=None)
+    fleet = RayFleet(cfg, [Node(f"n{h}", f"10.0.0.{h}", workers) for h in range(hosts)])
+    lr = settle_lr(cfg, fleet.sharing).lr
+    one_machine = LocalFleet(build_config({"env_name": "CartPole-v1", "n_workers": workers * hosts}).replace(lr=None))
+    assert lr == settle_lr(cfg, one_machine.sharing).lr
+    rng = np.random.default_rng(hosts)
+    start = build_model(cfg, *env_spaces(cfg))[0]
+    gradient = torch.from_numpy(rng.uniform(-1, 1, flat_weights(start).numel()).astype(np.float32))
+    global_model = GlobalModel(flat_weights(start).numpy(), frames=0)
+    models = [build_model(cfg, *env_spaces(cfg))[0] for _ in range(hosts)]
+    bases = [flat_weights(start)] * hosts
+    for model in models:
+        copy_weights(model, bases[0])
+
+    def exchange(h: int) -> None:
+        sent_from = flat_weights(models[h])
+        weights, _ = global_model.exchange((sent_from - bases[h]).numpy(), frames=0)
+        bases[h] = torch.from_numpy(np.array(weights))
+        fold_in(models[h], sent_from, bases[h])
+
+    events = [h for h in range(hosts) for _ in range(workers * steps_each)]  # one entry per worker step
+    events += [-1 - h for h in range(hosts) for _ in range(steps_each)]  # and exchanges at random moments
+    for event in rng.permutation(events):
+        if event >= 0:
+            add_weights(models[event], -lr * gradient)
+        else:
+            exchange(-1 - event)
+    for h in range(hosts):  # the last exchange at the end, as HostGroup.stop sends it
+        exchange(h)
+    moved = workers * hosts * steps_each * lr * gradient
+    error = (torch.from_numpy(global_model.get()[0]) - (flat_weights(start) - moved)).abs().max()
+    assert error <= 1e-3 * moved.abs().max(), (error, moved.abs().max())  # float32 rounding; a rule off by H: 1x
+    for h in range(hosts):  # one more exchange each, with nothing to send: every host holds the global weights
+        exchange(h)
+    final = torch.from_numpy(global_model.get()[0])
+    assert all(torch.allclose(flat_weights(model), final, atol=1e-6) for model in models)
+
+
+@pytest.mark.parametrize("opt", ["adam", "rmsprop"])
+def test_the_checkpoint_statistics_are_the_mean_of_the_hosts(opt: str):
+    """What a resume on any number of hosts starts every host from: each tensor of the optimizer state averaged over
+    the hosts, loadable into the optimizer of a fresh host."""
+    cfg = settle_lr(build_config({"env_name": "CartPole-v1", "opt": opt}), 1)
+    states = []
+    for h in range(3):
+        model, _ = build_model(cfg, *env_spaces(cfg))
+        optimizer = make_optimizer(cfg, model.parameters())
+        for _ in range(h + 1):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, float(h + 1))
+            optimizer.step()
+        states.append(optimizer.state_dict())
+    averaged = average_statistics(states)
+    joined, _ = build_model(cfg, *env_spaces(cfg))
+    fresh = make_optimizer(cfg, joined.parameters())
+    fresh.load_state_dict(averaged)
+    for index, state in fresh.state_dict()["state"].items():
+        for key, value in state.items():
+            mean = sum(s["state"][index][key] for s in states) / 3
+            assert torch.allclose(value, mean), (opt, index, key)
+    assert float(fresh.state_dict()["state"][0]["step"]) == 2.0  # hosts that took 1, 2 and 3 steps
 
 
 @pytest.mark.multiprocess

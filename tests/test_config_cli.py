@@ -106,15 +106,16 @@ def test_the_lr_follows_the_workers_the_fleet_counts(tmp_path: Path, settings: d
         trainer.close()
 
 
-def test_the_lr_on_a_cluster_follows_each_hosts_workers():
-    """On a cluster each host's workers step a host-local model: the lr follows the workers of the largest host,
-    not the cluster's sum (the fleet is made from Ray's nodes; no cluster is needed to count them)."""
+def test_the_lr_on_a_cluster_follows_all_its_workers():
+    """Every host's steps reach the global model, so a cluster is one run of all its workers: the lr is that of the
+    cluster's sum on one machine, not of its largest host (the fleet is made from Ray's nodes; no cluster is needed
+    to count them)."""
     cluster = pytest.importorskip("a3c.cluster")
     cfg = build_config({"env_name": "PongNoFrameskip-v4", "ray_address": "auto"})
     nodes = [cluster.Node("a", "10.0.0.1", 16), cluster.Node("b", "10.0.0.2", 8)]
     fleet = cluster.RayFleet(cfg, nodes)
-    assert (fleet.sharing, fleet.workers) == (16, 24)
-    assert settle_lr(cfg, fleet.sharing).lr == pytest.approx(default_lr(16))
+    assert (fleet.sharing, fleet.workers) == (24, 24)
+    assert settle_lr(cfg, fleet.sharing).lr == pytest.approx(default_lr(24))
 
 
 def test_game_name_and_safe_name():
