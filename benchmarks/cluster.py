@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -60,9 +62,8 @@ def steady_rate(rates: list[tuple[int, float]], warmup_s: float) -> float:
     return statistics.median(after)
 
 
-def absorb(env_name: str, callers: int, seconds: float) -> dict[str, float]:
-    """Exchanges per second one GlobalModel takes from `callers` loops sending fresh deltas of this game's network."""
-    import numpy as np
+def start_global_model(env_name: str) -> tuple[object, np.ndarray]:
+    """A GlobalModel actor holding this game's network, started and answering, and the weights it holds."""
     import ray
 
     from a3c.cluster import GlobalModel, flat_weights
@@ -75,6 +76,14 @@ def absorb(env_name: str, callers: int, seconds: float) -> dict[str, float]:
     weights = flat_weights(model).numpy()
     global_model = ray.remote(GlobalModel).options(num_cpus=0).remote(weights, 0)
     ray.get(global_model.get.remote())
+    return global_model, weights
+
+
+def absorb(env_name: str, callers: int, seconds: float) -> dict[str, float]:
+    """Exchanges per second one GlobalModel takes from `callers` loops sending fresh deltas of this game's network."""
+    import ray
+
+    global_model, weights = start_global_model(env_name)
     rng = np.random.default_rng(0)
     deltas = [rng.standard_normal(weights.size).astype(np.float32) * 1e-6 for _ in range(callers * 2)]
     in_flight = {global_model.exchange.remote(deltas[i], 1): i for i in range(callers)}
@@ -98,19 +107,9 @@ def saturation(env_name: str, hosts: int, seconds: float) -> dict[str, float]:
     deltas are put in the object store once, so this process's own serialising does not limit the rate; the replies
     (the global weights) are not fetched. Served below 95% of offered, or a p99 reply slower than the interval, is
     saturation."""
-    import numpy as np
     import ray
 
-    from a3c.cluster import GlobalModel, flat_weights
-    from a3c.config import build_config
-    from a3c.envs import env_spaces
-    from a3c.model import build_model
-
-    cfg = build_config({"env_name": env_name})
-    model, _ = build_model(cfg, *env_spaces(cfg))
-    weights = flat_weights(model).numpy()
-    global_model = ray.remote(GlobalModel).options(num_cpus=0).remote(weights, 0)
-    ray.get(global_model.get.remote())
+    global_model, weights = start_global_model(env_name)
     rng = np.random.default_rng(0)
     deltas = [ray.put(rng.standard_normal(weights.size).astype(np.float32) * 1e-6) for _ in range(8)]
     start = time.monotonic()

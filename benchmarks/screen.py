@@ -39,11 +39,39 @@ def average_at(csv_path: Path, frames: int) -> tuple[float, float] | None:
     return columns["avg100"][ended[-1]], reached
 
 
+def curves(runs: Path, names: list[str], anchors: dict, budget: int, path: Path) -> None:
+    """A panel per game: each candidate's 100-game average against frames, the anchor's points and random play."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(GAMES), figsize=(6 * len(GAMES), 4.5))
+    for ax, game in zip(axes, GAMES, strict=True):
+        for name in names:
+            csv_path = runs / name / f"{game}NoFrameskip-v4" / f"{game}NoFrameskip-v4.csv"
+            columns = read_csv(csv_path) if csv_path.exists() else {}
+            if columns.get("frames"):
+                frames = [f / 1e6 for f in columns["frames"][99:]]
+                ax.plot(frames, columns["avg100"][99:], label=name, lw=1.2)
+        known = anchors[game_name(f"{game}NoFrameskip-v4")]
+        curve = next(c for c in known["curves"] if c["name"].startswith(ANCHOR))
+        points = [(float(k[:-1]), v) for k, v in curve["scores"].items() if float(k[:-1]) * 1e6 <= budget]
+        ax.plot(*zip(*points, strict=True), "k*", ms=10, label=curve["name"])
+        ax.axhline(known["random"]["score"], color="grey", ls=":", label="random play")
+        ax.set(title=game, xlabel="frames (millions)", ylabel="100-game average")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="a folder with one folder per candidate")
     parser.add_argument("--budget", type=int, default=2_000_000, help="B: the default's frames")
     parser.add_argument("--fps", action="append", default=[], help="NAME=FRAMES_PER_S, the default's as 'default'")
+    parser.add_argument("--plot", help="PNG of every candidate's 100-game average against frames, a panel per game")
     args = parser.parse_args()
     fps = {name: float(value) for name, value in (item.split("=", 1) for item in args.fps)}
     anchors = json.loads((ROOT / "benchmarks" / "anchors.json").read_text())["games"]
@@ -78,6 +106,21 @@ def main() -> None:
         print(
             f"| {row['candidate']} | {fps[row['candidate']]:,.0f} | {row['frames']:,} | {' | '.join(cells)} | {value} |"
         )
+    # Per frame, whatever the speed: what the issue's per-frame bars read (Breakout at 10 by 1.5M frames).
+    marks = [args.budget * k // 4 for k in range(1, 5)]
+    print(f"\n| candidate | game | {' | '.join(f'{m / 1e6:g}M' for m in marks)} |")
+    print(f"|---|---|{'---:|' * len(marks)}")
+    for row in rows:
+        row["per_frame"] = {}
+        for game in GAMES:
+            csv_path = Path(args.runs) / row["candidate"] / f"{game}NoFrameskip-v4" / f"{game}NoFrameskip-v4.csv"
+            got = [average_at(csv_path, m) for m in marks]
+            if any(got):
+                row["per_frame"][game] = [None if g is None else round(g[0], 2) for g in got]
+                cells = ["-" if g is None else f"{g[0]:.2f}" for g in got]
+                print(f"| {row['candidate']} | {game} | {' | '.join(cells)} |")
+    if args.plot:
+        curves(Path(args.runs), list(fps), anchors, args.budget, Path(args.plot))
     print(json.dumps({"budget": args.budget, "anchor": ANCHOR, "rows": rows}))
 
 
