@@ -330,8 +330,7 @@ class LocalFleet:
             self.serial_worker.train_step()
             timeout_s = 0.0
         report = self.group.poll(timeout_s)
-        records = report.records + list(self.outbox.records)
-        self.outbox.records.clear()
+        records = report.records + self._serial_records()
         failure = next(
             (
                 f"worker-{rank} died {len(self.group.deaths[rank])} times in {DEATH_WINDOW_S / 60:.0f} minutes"
@@ -359,7 +358,10 @@ class LocalFleet:
         if self.serial_worker is not None:
             self.serial_worker.close()
             self.serial_worker = None
-        records += list(self.outbox.records)
+        return records + self._serial_records()
+
+    def _serial_records(self) -> list[Any]:
+        records = list(self.outbox.records)
         self.outbox.records.clear()
         return records
 
